@@ -1,0 +1,62 @@
+# driftloop: the commands a newcomer runs. `make demo` and `make test` set up whatever is
+# missing first; a second `make setup` does nothing slow (stamp files track what is done).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+SYNCED := $(VENV)/.synced
+JARS_DIR := .spark-jars
+JARS := $(JARS_DIR)/.fetched
+export DRIFTLOOP_DATA_DIR ?= $(CURDIR)/.data
+
+.PHONY: help setup demo test lint format bench lock clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(SYNCED) $(JARS) ## create the virtualenv from the lock file and fetch the Spark jars
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run: make PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(SYNCED): requirements.lock pyproject.toml | $(BIN)/python
+	@echo "==> installing locked Python dependencies into $(VENV) (first run: a few minutes)"
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+$(JARS): include/spark-jars/pom.xml
+	@command -v mvn >/dev/null || { echo "need Maven (mvn) to fetch the Delta/hadoop-aws jars"; exit 1; }
+	@echo "==> fetching Spark jars (Delta Lake, hadoop-aws + AWS SDK, ~720 MB once) into $(JARS_DIR)/"
+	rm -rf $(JARS_DIR)
+	mvn -B -q --no-transfer-progress -f include/spark-jars/pom.xml dependency:copy-dependencies \
+		-DoutputDirectory=$(CURDIR)/$(JARS_DIR)
+	@touch $@
+
+demo: setup ## run the main job on the embedded defaults, printing what happened
+	$(BIN)/driftloop demo
+
+test: setup ## run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: setup ## ruff (including its Airflow rules) over the whole repo
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## benchmarks: results as JSON under tests/bench/results/
+	$(BIN)/python -m tests.bench
+
+lock: ## re-resolve requirements.lock from pyproject.toml (then commit it)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+clean: ## remove generated data (keeps the virtualenv and jars)
+	rm -rf .data

@@ -1,0 +1,274 @@
+"""The feature job (Spark over Delta) and the point-in-time-correct training-set builder.
+
+Features of an event use only events of the same entity strictly before it in event time, so
+a feature row can never leak the future; training sets pin the Delta versions they read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from driftloop.config import Settings
+from driftloop.dataset import DatasetSpec, parse_window
+from driftloop.lake import tables
+from driftloop.log import get_logger
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = get_logger(__name__)
+
+_WATERMARK_KEY = "driftloop.bronze_version"
+
+
+class TrainingSetError(ValueError):
+    """The requested training set cannot be built; the message says why and what to change."""
+
+
+def compute_features(events: DataFrame, spec: DatasetSpec) -> DataFrame:
+    """Per-event features: passthrough columns, trailing windows per entity, and ratios.
+
+    Windows are range frames over event time in microseconds ending 1 µs before the event,
+    so simultaneous and later events are excluded. One shuffle per entity: all windows and
+    aggregations of an entity share one partitioning and sort.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ts = "__ts_us"
+    frame = events.withColumn(ts, F.unix_micros(F.col(spec.event_time)))
+    for window_spec in spec.features.windows:
+        by_entity = Window.partitionBy(window_spec.entity).orderBy(ts)
+        for name, agg, window in window_spec.feature_names():
+            width = int(parse_window(window).total_seconds() * 1_000_000)
+            over = by_entity.rangeBetween(-width, -1)
+            value = F.col(window_spec.column)
+            column = {
+                "count": F.count(value).over(over),
+                "sum": F.coalesce(F.sum(value).over(over), F.lit(0.0)),
+                "mean": F.avg(value).over(over),
+                "min": F.min(value).over(over),
+                "max": F.max(value).over(over),
+            }[agg]
+            frame = frame.withColumn(name, column.cast("long" if agg == "count" else "double"))
+    for ratio in spec.features.ratios:
+        denominator = F.col(ratio.denominator)
+        frame = frame.withColumn(
+            ratio.name,
+            F.when(denominator.isNull() | (denominator == 0), F.lit(None)).otherwise(
+                F.col(ratio.numerator) / denominator
+            ),
+        )
+    keys = [spec.event_id, spec.event_time, *spec.entities]
+    passthrough = [c for c in spec.features.passthrough if c not in keys]
+    return frame.select(
+        *keys, *passthrough, *spec.window_feature_names, *(r.name for r in spec.features.ratios)
+    )
+
+
+@dataclass(frozen=True)
+class FeatureRunReport:
+    """What one feature-job run did."""
+
+    bronze_version: int
+    features_version: int | None
+    previous_bronze_version: int | None
+    new_events: int
+    rows_merged: int
+    skipped: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def asset_extra(self) -> dict:
+        """The features Asset event's payload: which versions a consumer should pin."""
+        return {
+            "features_version": self.features_version,
+            "bronze_version": self.bronze_version,
+            "rows_merged": self.rows_merged,
+        }
+
+
+def processed_bronze_version(settings: Settings) -> int | None:
+    """The bronze version the features table was last built from (kept in Delta commit metadata)."""
+    table = tables.open_table(settings, tables.FEATURES)
+    if table is None:
+        return None
+    for commit in table.history():
+        meta = commit.get("userMetadata")
+        if meta:
+            try:
+                return int(json.loads(meta)[_WATERMARK_KEY])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return None
+
+
+def _table_version(settings: Settings, name: str) -> int | None:
+    table = tables.open_table(settings, name)
+    return None if table is None else table.version()
+
+
+def build_features(spark: SparkSession, settings: Settings, spec: DatasetSpec) -> FeatureRunReport:
+    """Bring the features table up to date with bronze, idempotently.
+
+    Only events appended since the last run (Delta change feed) and the later events whose
+    windows they fall into are recomputed, then MERGEd on the event id. The bronze version
+    is committed with the MERGE, so a rerun for the same bronze version writes nothing.
+    """
+    from delta.tables import DeltaTable as SparkDeltaTable
+    from pyspark.sql import functions as F
+
+    bronze_uri, features_uri = settings.table_uri(tables.BRONZE_EVENTS), settings.table_uri(tables.FEATURES)
+    current = _table_version(settings, tables.BRONZE_EVENTS)
+    if current is None:
+        raise FileNotFoundError(f"no bronze table at {bronze_uri}: run ingest_events first")
+    previous = processed_bronze_version(settings)
+    if previous is not None and previous >= current:
+        log.info("features.up_to_date", bronze_version=current)
+        return FeatureRunReport(current, _table_version(settings, tables.FEATURES), previous, 0, 0, True)
+
+    bronze = spark.read.format("delta").option("versionAsOf", current).load(bronze_uri)
+    if previous is None:
+        new = bronze
+    else:
+        new = (
+            spark.read.format("delta")
+            .option("readChangeFeed", "true")
+            .option("startingVersion", previous + 1)
+            .option("endingVersion", current)
+            .load(bronze_uri)
+            .where(F.col("_change_type") == "insert")
+        )
+    # bounds as epoch microseconds: collected timestamps would come back in the driver's local zone
+    event_us = F.unix_micros(F.col(spec.event_time))
+    bounds = new.agg(
+        F.count("*").alias("n"), F.min(event_us).alias("lo"), F.max(event_us).alias("hi")
+    ).first()
+    metadata = json.dumps({_WATERMARK_KEY: current, "new_events": bounds["n"]})
+    if bounds["n"] == 0:
+        # still record the watermark so the next run does not rescan these versions
+        affected = compute_features(bronze.limit(0), spec)
+    else:
+        reach = int(spec.max_window.total_seconds() * 1_000_000)
+        context = bronze.where(event_us.between(bounds["lo"] - reach, bounds["hi"] + reach))
+        affected = compute_features(context, spec).where(event_us.between(bounds["lo"], bounds["hi"] + reach))
+    affected = affected.withColumn("_bronze_version", F.lit(current).cast("long"))
+
+    log.info("features.computing", bronze_version=current, since=previous, new_events=bounds["n"])
+    if _table_version(settings, tables.FEATURES) is None:
+        affected.write.format("delta").option("userMetadata", metadata).mode("errorifexists").save(
+            features_uri
+        )
+    else:
+        spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", metadata)
+        try:
+            (
+                SparkDeltaTable.forPath(spark, features_uri)
+                .alias("t")
+                .merge(affected.alias("s"), f"t.`{spec.event_id}` = s.`{spec.event_id}`")
+                .whenMatchedUpdateAll()
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+        finally:
+            spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+    version = _table_version(settings, tables.FEATURES)
+    merged = _rows_written(settings)
+    report = FeatureRunReport(current, version, previous, int(bounds["n"]), merged, False)
+    log.info("features.done", **report.as_dict())
+    return report
+
+
+def _rows_written(settings: Settings) -> int:
+    """Rows the features table's latest commit inserted or updated (from Delta's metrics)."""
+    table = tables.open_table(settings, tables.FEATURES)
+    metrics = (table.history(1)[0].get("operationMetrics") or {}) if table else {}
+    if "numTargetRowsInserted" in metrics:
+        return int(metrics["numTargetRowsInserted"]) + int(metrics.get("numTargetRowsUpdated", 0))
+    return int(metrics.get("numOutputRows", 0))
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Labelled feature rows plus everything needed to rebuild them exactly (time travel)."""
+
+    frame: DataFrame
+    features_version: int
+    labels_version: int
+    label_cutoff: datetime | None
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        """Tags that pin this training set (stored with models that are trained on it)."""
+        return {
+            "features_table": tables.FEATURES,
+            "features_version": str(self.features_version),
+            "labels_table": tables.BRONZE_LABELS,
+            "labels_version": str(self.labels_version),
+            "label_cutoff": self.label_cutoff.isoformat() if self.label_cutoff else "",
+        }
+
+
+def build_training_set(
+    spark: SparkSession,
+    settings: Settings,
+    spec: DatasetSpec,
+    *,
+    features_version: int | None = None,
+    labels_version: int | None = None,
+    label_cutoff: datetime | None = None,
+    event_time_from: datetime | None = None,
+    event_time_to: datetime | None = None,
+) -> TrainingSet:
+    """Every labelled event with its features as of its own event time.
+
+    Labels count only if known by ``label_cutoff`` (their label_time), and a corrected label
+    replaces the earlier one. Pinning both versions (as a model's lineage tags do) rebuilds
+    the identical set later, whatever has been written since.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    features_version = (
+        features_version if features_version is not None else _table_version(settings, tables.FEATURES)
+    )
+    labels_version = (
+        labels_version if labels_version is not None else _table_version(settings, tables.BRONZE_LABELS)
+    )
+    if features_version is None:
+        raise TrainingSetError("no features table yet: run build_features before training")
+    if labels_version is None:
+        raise TrainingSetError(
+            "no labels yet: labels land under <landing>/labels and are ingested by ingest_events"
+        )
+
+    features = (
+        spark.read.format("delta")
+        .option("versionAsOf", features_version)
+        .load(settings.table_uri(tables.FEATURES))
+    )
+    labels = (
+        spark.read.format("delta")
+        .option("versionAsOf", labels_version)
+        .load(settings.table_uri(tables.BRONZE_LABELS))
+    )
+    if label_cutoff is not None:
+        labels = labels.where(F.col(spec.label_time) <= F.lit(label_cutoff))
+    latest = Window.partitionBy(spec.event_id).orderBy(
+        F.col(spec.label_time).desc(), F.col("_batch_id").desc()
+    )
+    labels = (
+        labels.withColumn("__rank", F.row_number().over(latest))
+        .where("__rank = 1")
+        .select(spec.event_id, F.col(spec.label).cast("int").alias(spec.label), spec.label_time)
+    )
+    frame = features.drop("_bronze_version").join(labels, spec.event_id, "inner")
+    if event_time_from is not None:
+        frame = frame.where(F.col(spec.event_time) >= F.lit(event_time_from))
+    if event_time_to is not None:
+        frame = frame.where(F.col(spec.event_time) < F.lit(event_time_to))
+    return TrainingSet(frame, features_version, labels_version, label_cutoff)
