@@ -17,6 +17,7 @@ from driftloop.lake import tables
 from driftloop.log import get_logger
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
 log = get_logger(__name__)
@@ -192,6 +193,17 @@ def _rows_written(settings: Settings) -> int:
     return int(metrics.get("numOutputRows", 0))
 
 
+def spark_to_pandas(frame: DataFrame) -> pd.DataFrame:
+    """Collect a Spark frame with its timestamp columns made UTC-aware again."""
+    from pyspark.sql.types import TimestampType
+
+    result = frame.toPandas()
+    for field in frame.schema.fields:
+        if isinstance(field.dataType, TimestampType) and result[field.name].dt.tz is None:
+            result[field.name] = result[field.name].dt.tz_localize("UTC")
+    return result
+
+
 @dataclass(frozen=True)
 class TrainingSet:
     """Labelled feature rows plus everything needed to rebuild them exactly (time travel)."""
@@ -200,6 +212,10 @@ class TrainingSet:
     features_version: int
     labels_version: int
     label_cutoff: datetime | None
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The rows as pandas, timestamps as UTC-aware (Spark hands them over naive, in UTC)."""
+        return spark_to_pandas(self.frame)
 
     @property
     def lineage(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ from airflow.sdk import Asset, AssetWatcher
 
 from driftloop.airflow.triggers import LandingFilesTrigger
 from driftloop.config import get_settings
-from driftloop.lake import tables
+from driftloop.lake import names
 
 LANDING = "driftloop.landing"
 BRONZE_EVENTS = "driftloop.bronze_events"
@@ -20,7 +20,7 @@ FEATURES = "driftloop.features"
 
 def _uri(location: str) -> str:
     """An Asset URI for a lake location: s3:// for object stores, file:// for folders."""
-    location = tables.delta_rs_uri(location)
+    location = names.delta_rs_uri(location)
     return location if "://" in location else PurePosixPath(location).as_uri()
 
 
@@ -40,9 +40,9 @@ def landing_asset() -> Asset:
 
 def bronze_events_asset() -> Asset:
     """The validated bronze events table; events carry batch ids, row counts and the Delta version."""
-    return Asset(name=BRONZE_EVENTS, uri=_uri(get_settings().table_uri(tables.BRONZE_EVENTS)))
+    return Asset(name=BRONZE_EVENTS, uri=_uri(get_settings().table_uri(names.BRONZE_EVENTS)))
 
 
 def features_asset() -> Asset:
     """The per-event features table; events carry its Delta version."""
-    return Asset(name=FEATURES, uri=_uri(get_settings().table_uri(tables.FEATURES)))
+    return Asset(name=FEATURES, uri=_uri(get_settings().table_uri(names.FEATURES)))

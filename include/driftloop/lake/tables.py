@@ -14,22 +14,15 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from driftloop.config import Settings
+from driftloop.lake.names import BRONZE_EVENTS, BRONZE_LABELS, FEATURES, QUARANTINE, delta_rs_uri
 
-BRONZE_EVENTS = "bronze_events"
-BRONZE_LABELS = "bronze_labels"
-QUARANTINE = "quarantine"
-FEATURES = "features"
+__all__ = ["BRONZE_EVENTS", "BRONZE_LABELS", "FEATURES", "QUARANTINE", "delta_rs_uri"]
 
 # bronze needs a change feed: the feature job reads only what was appended since its last run
 _TABLE_CONFIGURATION = {
     BRONZE_EVENTS: {"delta.enableChangeDataFeed": "true"},
     BRONZE_LABELS: {"delta.enableChangeDataFeed": "true"},
 }
-
-
-def delta_rs_uri(uri: str) -> str:
-    """delta-rs and pyarrow speak s3://, Spark's Hadoop connector s3a://: same object."""
-    return "s3://" + uri.removeprefix("s3a://") if uri.startswith("s3a://") else uri
 
 
 def storage_options(settings: Settings) -> dict[str, str] | None:
