@@ -10,6 +10,9 @@ UV_VERSION := 0.13.9
 SYNCED := $(VENV)/.synced
 JARS_DIR := .spark-jars
 JARS := $(JARS_DIR)/.fetched
+# infra check tools (checkov, HCL parser) live apart: their pins conflict with Airflow's
+TOOLS := .venv-tools
+TOOLS_SYNCED := $(TOOLS)/.synced
 export DRIFTLOOP_DATA_DIR ?= $(CURDIR)/.data
 
 .PHONY: help setup demo test lint format bench lock clean
@@ -17,7 +20,7 @@ export DRIFTLOOP_DATA_DIR ?= $(CURDIR)/.data
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: $(SYNCED) $(JARS) ## create the virtualenv from the lock file and fetch the Spark jars
+setup: $(SYNCED) $(JARS) $(TOOLS_SYNCED) ## create the virtualenvs from the lock files and fetch the Spark jars
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -28,6 +31,13 @@ $(SYNCED): requirements.lock pyproject.toml | $(BIN)/python
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+$(TOOLS_SYNCED): terraform/requirements-tools.lock | $(BIN)/python
+	@echo "==> installing infra check tools (checkov, HCL parser) into $(TOOLS)"
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	@$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(TOOLS)/bin/uv pip sync --python $(TOOLS)/bin/python terraform/requirements-tools.lock
 	@touch $@
 
 $(JARS): include/spark-jars/pom.xml

@@ -54,7 +54,7 @@ def _checks(col: ColumnSpec, reference_time: datetime | None) -> list[pa.Check]:
             pa.Check.le(
                 pd.Timestamp(reference_time),
                 name="not_in_future",
-                error=f"in the future (after {pd.Timestamp(reference_time).isoformat()})",
+                error="in the future (later than the batch landed, plus tolerance)",
             )
         )
     return checks

@@ -1,0 +1,99 @@
+"""The `driftloop` command line: simulate data, run pipeline stages by hand, and the demo.
+
+Each command is a thin shell over the library, so what runs here is what the DAGs run.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="driftloop: the closed MLOps loop over Delta Lake, MLflow and BentoML.", no_args_is_help=True
+)
+
+
+def _settings():
+    from driftloop.config import get_settings
+
+    return get_settings()
+
+
+def _spec():
+    from driftloop.dataset import get_dataset_spec
+
+    return get_dataset_spec()
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[
+        str, typer.Option(help="baseline, covariate_shift, new_category, concept_drift, label_delay")
+    ] = "baseline",
+    batches: Annotated[int, typer.Option(min=1, help="How many batches to land.")] = 6,
+    first_batch: Annotated[int, typer.Option(min=0, help="Index of the first batch.")] = 0,
+    events_per_batch: Annotated[int, typer.Option(min=1)] = 2_000,
+    seed: Annotated[int, typer.Option()] = 42,
+    start: Annotated[
+        datetime | None, typer.Option(help="UTC start of batch 0 (default: simulator's).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl")] = "parquet",
+    bad_row_fraction: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
+) -> None:
+    """Land simulated event and label batches in the landing area."""
+    from driftloop.simulator import SimulationConfig, write_landing_batches
+
+    overrides = {"seed": seed, "events_per_batch": events_per_batch, "bad_row_fraction": bad_row_fraction}
+    if start is not None:
+        overrides["start_time"] = (
+            start if start.tzinfo else start.replace(tzinfo=datetime.now().astimezone().tzinfo)
+        )
+    try:
+        config = SimulationConfig.for_scenario(scenario, **overrides)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    files = write_landing_batches(
+        config, Path(_settings().landing), fmt=fmt, batches=range(first_batch, first_batch + batches)
+    )
+    for landed in files:
+        typer.echo(f"landed {landed.kind:<6} {landed.rows:>7,} rows  {landed.path}")
+
+
+@app.command()
+def ingest() -> None:
+    """Ingest everything in the landing area (what the ingest_events DAG runs)."""
+    from driftloop.ingest import ingest_landing
+
+    summary = ingest_landing(_settings(), _spec())
+    typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
+
+
+@app.command()
+def features() -> None:
+    """Bring the features table up to date with bronze (what the build_features DAG runs)."""
+    from driftloop.features import build_features
+    from driftloop.lake.spark import get_spark
+
+    settings = _settings()
+    report = build_features(get_spark(settings), settings, _spec())
+    typer.echo(json.dumps(report.as_dict(), indent=2))
+
+
+@app.command()
+def demo() -> None:
+    """The main job on the embedded defaults, end to end, printing what happened."""
+    from driftloop.demo import run_data_plane_demo
+    from driftloop.lake.spark import stop_spark
+
+    try:
+        run_data_plane_demo(_settings(), _spec(), typer.echo)
+    finally:
+        stop_spark()
+
+
+if __name__ == "__main__":
+    app()

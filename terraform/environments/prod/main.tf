@@ -1,0 +1,133 @@
+# driftloop, prod: replicated components, long retention, and quotas whose
+# limits stay close to their requests (little overcommit, so a busy Spark job
+# cannot squeeze serving on a shared node).
+
+locals {
+  environment     = "prod"
+  airflow_release = "airflow"
+
+  tags = merge(var.tags, {
+    "driftloop/environment" = local.environment
+    "driftloop/managed-by"  = "terraform"
+  })
+
+  irsa = "eks.amazonaws.com/role-arn"
+}
+
+module "object_store" {
+  source = "../../modules/object-store"
+
+  name_prefix       = var.name_prefix
+  kms_key_arn       = var.kms_key_arn
+  access_log_bucket = var.access_log_bucket
+
+  # Three months of undo for overwritten or VACUUMed files, and always the
+  # last ten versions of every object; reports kept for a year of audits.
+  noncurrent_version_expiration_days     = 90
+  noncurrent_versions_to_keep            = 10
+  abort_incomplete_multipart_upload_days = 7
+  reports_expiration_days                = 365
+
+  force_destroy = false
+  tags          = local.tags
+}
+
+module "k8s_namespaces" {
+  source = "../../modules/k8s-namespaces"
+
+  airflow_worker_service_account = module.airflow.worker_service_account_name
+
+  service_account_annotations = {
+    mlflow       = { (local.irsa) = var.iam_role_arns.mlflow }
+    spark_driver = { (local.irsa) = var.iam_role_arns.spark_driver }
+    serving      = { (local.irsa) = var.iam_role_arns.serving }
+  }
+
+  resource_quotas = {
+    airflow    = { requests_cpu = "12", requests_memory = "32Gi", limits_cpu = "16", limits_memory = "40Gi", pods = 80 }
+    mlflow     = { requests_cpu = "2", requests_memory = "4Gi", limits_cpu = "3", limits_memory = "5Gi", pods = 6 }
+    serving    = { requests_cpu = "8", requests_memory = "16Gi", limits_cpu = "8", limits_memory = "16Gi", pods = 24 }
+    spark_jobs = { requests_cpu = "32", requests_memory = "128Gi", limits_cpu = "40", limits_memory = "144Gi", pods = 60 }
+  }
+
+  # Tighter per-container ceiling than the module default; Spark executors
+  # are sized well below it.
+  container_defaults = {
+    default_request_cpu    = "250m"
+    default_request_memory = "512Mi"
+    default_limit_cpu      = "500m"
+    default_limit_memory   = "1Gi"
+    max_cpu                = "4"
+    max_memory             = "16Gi"
+  }
+
+  kube_api_cidrs                = var.kube_api_cidrs
+  postgres_cidrs                = var.postgres_cidrs
+  https_egress_cidrs            = var.https_egress_cidrs
+  gateway_dataplane_namespaces  = var.gateway_dataplane_namespaces
+  airflow_ui_ingress_namespaces = var.airflow_ui_ingress_namespaces
+  labels                        = { "driftloop/environment" = local.environment }
+}
+
+module "mlflow" {
+  source = "../../modules/mlflow"
+
+  namespace                 = module.k8s_namespaces.namespaces["mlflow"]
+  service_account_name      = module.k8s_namespaces.mlflow_service_account_name
+  image_repository          = var.mlflow_image.repository
+  image_tag                 = var.mlflow_image.tag
+  backend_store_secret_name = var.mlflow_backend_store_secret_name
+  artifacts_destination     = "${module.object_store.artifacts_uri}/mlflow"
+  replicas                  = 2
+  extra_env                 = { AWS_DEFAULT_REGION = var.aws_region }
+}
+
+module "airflow" {
+  source = "../../modules/airflow"
+
+  release_name     = local.airflow_release
+  namespace        = module.k8s_namespaces.namespaces["airflow"]
+  chart_version    = var.airflow_chart_version
+  airflow_version  = var.airflow_version
+  image_repository = var.airflow_image.repository
+  image_tag        = var.airflow_image.tag
+
+  metadata_secret_name       = var.airflow_secret_names.metadata_connection
+  fernet_key_secret_name     = var.airflow_secret_names.fernet_key
+  api_secret_key_secret_name = var.airflow_secret_names.api_secret_key
+  jwt_secret_name            = var.airflow_secret_names.jwt_secret
+
+  replicas = {
+    scheduler     = 2
+    api_server    = 2
+    dag_processor = 2
+    triggerer     = 2
+  }
+
+  service_account_annotations = { (local.irsa) = var.iam_role_arns.airflow }
+  remote_base_log_folder      = "${module.object_store.reports_uri}/airflow-logs"
+
+  extra_env = {
+    DRIFTLOOP_PROFILE               = "kubernetes"
+    DRIFTLOOP_LAKE_ROOT             = replace(module.object_store.lake_uri, "s3://", "s3a://")
+    MLFLOW_TRACKING_URI             = module.mlflow.tracking_uri
+    AWS_DEFAULT_REGION              = var.aws_region
+    DRIFTLOOP_SPARK_NAMESPACE       = module.k8s_namespaces.namespaces["spark_jobs"]
+    DRIFTLOOP_SPARK_SERVICE_ACCOUNT = module.k8s_namespaces.spark_driver_service_account_name
+    DRIFTLOOP_SERVING_NAMESPACE     = module.k8s_namespaces.namespaces["serving"]
+    DRIFTLOOP_SERVING_ROUTE         = module.serving_gateway.route_name
+  }
+}
+
+module "serving_gateway" {
+  source = "../../modules/serving-gateway"
+
+  namespace          = module.k8s_namespaces.namespaces["serving"]
+  gateway_class_name = var.gateway_class_name
+  listener = {
+    hostname        = var.serving_hostname
+    tls_secret_name = var.serving_tls_secret_name
+  }
+  hostnames       = [var.serving_hostname]
+  traffic_weights = { stable = 100, canary = 0 }
+}

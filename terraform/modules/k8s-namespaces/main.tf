@@ -1,0 +1,442 @@
+locals {
+  roles = {
+    airflow    = var.namespaces.airflow
+    mlflow     = var.namespaces.mlflow
+    serving    = var.namespaces.serving
+    spark_jobs = var.namespaces.spark_jobs
+  }
+
+  common_labels = merge(var.labels, {
+    "app.kubernetes.io/part-of"    = "driftloop"
+    "app.kubernetes.io/managed-by" = "terraform"
+  })
+
+  # kubernetes.io/metadata.name is set by the API server on every namespace
+  # (Kubernetes >= 1.21), so selecting by it needs no labels of our own.
+  ns_label = "kubernetes.io/metadata.name"
+
+  # Egress to addresses outside the cluster, by namespace role.
+  cidr_egress = {
+    airflow = [
+      { name = "kube-api", cidrs = var.kube_api_cidrs, ports = [443, 6443] },
+      { name = "postgres", cidrs = var.postgres_cidrs, ports = [var.postgres_port] },
+      { name = "https", cidrs = var.https_egress_cidrs, ports = [443] },
+    ]
+    mlflow = [
+      { name = "postgres", cidrs = var.postgres_cidrs, ports = [var.postgres_port] },
+      { name = "https", cidrs = var.https_egress_cidrs, ports = [443] },
+    ]
+    serving = [
+      { name = "https", cidrs = var.https_egress_cidrs, ports = [443] },
+    ]
+    spark_jobs = [
+      { name = "kube-api", cidrs = var.kube_api_cidrs, ports = [443, 6443] },
+      { name = "https", cidrs = var.https_egress_cidrs, ports = [443] },
+    ]
+  }
+
+  # Traffic between driftloop namespaces: who calls whom, on which port.
+  namespace_egress = {
+    airflow = [
+      { namespaces = [var.namespaces.mlflow], port = var.ports.mlflow },
+      { namespaces = [var.namespaces.serving], port = var.ports.serving },
+    ]
+    mlflow  = []
+    serving = [{ namespaces = [var.namespaces.mlflow], port = var.ports.mlflow }]
+    spark_jobs = [
+      { namespaces = [var.namespaces.mlflow], port = var.ports.mlflow },
+    ]
+  }
+
+  namespace_ingress = {
+    airflow = [
+      { namespaces = var.airflow_ui_ingress_namespaces, port = var.ports.airflow_api_server },
+    ]
+    mlflow = [
+      { namespaces = [var.namespaces.airflow, var.namespaces.spark_jobs, var.namespaces.serving], port = var.ports.mlflow },
+    ]
+    serving = [
+      { namespaces = concat([var.namespaces.airflow], var.gateway_dataplane_namespaces), port = var.ports.serving },
+    ]
+    spark_jobs = []
+  }
+}
+
+resource "kubernetes_namespace_v1" "this" {
+  for_each = local.roles
+
+  metadata {
+    name = each.value
+    labels = merge(local.common_labels, {
+      "driftloop/role"                             = each.key
+      "pod-security.kubernetes.io/enforce"         = var.pod_security_enforce
+      "pod-security.kubernetes.io/enforce-version" = "latest"
+      "pod-security.kubernetes.io/warn"            = "restricted"
+      "pod-security.kubernetes.io/audit"           = "restricted"
+    })
+  }
+}
+
+# ---------------------------------------------------------------- quotas ----
+
+resource "kubernetes_resource_quota_v1" "this" {
+  for_each = var.resource_quotas
+
+  metadata {
+    name      = "driftloop-compute"
+    namespace = kubernetes_namespace_v1.this[each.key].metadata[0].name
+    labels    = local.common_labels
+  }
+  spec {
+    hard = {
+      "requests.cpu"    = each.value.requests_cpu
+      "requests.memory" = each.value.requests_memory
+      "limits.cpu"      = each.value.limits_cpu
+      "limits.memory"   = each.value.limits_memory
+      "pods"            = tostring(each.value.pods)
+    }
+  }
+}
+
+resource "kubernetes_limit_range_v1" "this" {
+  for_each = kubernetes_namespace_v1.this
+
+  metadata {
+    name      = "driftloop-container-defaults"
+    namespace = each.value.metadata[0].name
+    labels    = local.common_labels
+  }
+  spec {
+    limit {
+      type = "Container"
+      default_request = {
+        cpu    = var.container_defaults.default_request_cpu
+        memory = var.container_defaults.default_request_memory
+      }
+      default = {
+        cpu    = var.container_defaults.default_limit_cpu
+        memory = var.container_defaults.default_limit_memory
+      }
+      max = {
+        cpu    = var.container_defaults.max_cpu
+        memory = var.container_defaults.max_memory
+      }
+    }
+  }
+}
+
+# ------------------------------------------------------- service accounts ----
+# The Airflow chart creates Airflow's own service accounts; these are the
+# workloads this repository deploys outside the chart.
+
+resource "kubernetes_service_account_v1" "mlflow" {
+  metadata {
+    name        = "mlflow"
+    namespace   = kubernetes_namespace_v1.this["mlflow"].metadata[0].name
+    labels      = local.common_labels
+    annotations = var.service_account_annotations.mlflow
+  }
+  # The tracking server never talks to the Kubernetes API.
+  automount_service_account_token = false
+}
+
+resource "kubernetes_service_account_v1" "spark_driver" {
+  metadata {
+    name        = "spark-driver"
+    namespace   = kubernetes_namespace_v1.this["spark_jobs"].metadata[0].name
+    labels      = local.common_labels
+    annotations = var.service_account_annotations.spark_driver
+  }
+  # Spark drivers create and watch their executor pods through the API.
+  automount_service_account_token = true
+}
+
+resource "kubernetes_service_account_v1" "serving" {
+  metadata {
+    name        = "bento"
+    namespace   = kubernetes_namespace_v1.this["serving"].metadata[0].name
+    labels      = local.common_labels
+    annotations = var.service_account_annotations.serving
+  }
+  automount_service_account_token = false
+}
+
+# ------------------------------------------------------------------- RBAC ----
+
+resource "kubernetes_role_v1" "spark_driver" {
+  metadata {
+    name      = "spark-driver"
+    namespace = kubernetes_namespace_v1.this["spark_jobs"].metadata[0].name
+    labels    = local.common_labels
+  }
+  rule {
+    api_groups = [""]
+    resources  = ["pods", "services", "configmaps", "persistentvolumeclaims"]
+    verbs      = ["create", "get", "list", "watch", "patch", "delete", "deletecollection"]
+  }
+}
+
+resource "kubernetes_role_binding_v1" "spark_driver" {
+  metadata {
+    name      = "spark-driver"
+    namespace = kubernetes_namespace_v1.this["spark_jobs"].metadata[0].name
+    labels    = local.common_labels
+  }
+  role_ref {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "Role"
+    name      = kubernetes_role_v1.spark_driver.metadata[0].name
+  }
+  subject {
+    kind      = "ServiceAccount"
+    name      = kubernetes_service_account_v1.spark_driver.metadata[0].name
+    namespace = kubernetes_namespace_v1.this["spark_jobs"].metadata[0].name
+  }
+}
+
+# Airflow task pods submit feature jobs to spark-jobs, either as
+# SparkApplications (Spark operator) or as driver pods (spark-submit k8s://).
+resource "kubernetes_role_v1" "airflow_spark_submitter" {
+  metadata {
+    name      = "airflow-spark-submitter"
+    namespace = kubernetes_namespace_v1.this["spark_jobs"].metadata[0].name
+    labels    = local.common_labels
+  }
+  rule {
+    api_groups = [""]
+    resources  = ["pods", "services", "configmaps", "persistentvolumeclaims"]
+    verbs      = ["create", "get", "list", "watch", "patch", "delete"]
+  }
+  rule {
+    api_groups = [""]
+    resources  = ["pods/log", "events"]
+    verbs      = ["get", "list", "watch"]
+  }
+  rule {
+    api_groups = ["sparkoperator.k8s.io"]
+    resources  = ["sparkapplications", "sparkapplications/status"]
+    verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
+  }
+}
+
+resource "kubernetes_role_binding_v1" "airflow_spark_submitter" {
+  metadata {
+    name      = "airflow-spark-submitter"
+    namespace = kubernetes_namespace_v1.this["spark_jobs"].metadata[0].name
+    labels    = local.common_labels
+  }
+  role_ref {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "Role"
+    name      = kubernetes_role_v1.airflow_spark_submitter.metadata[0].name
+  }
+  subject {
+    kind      = "ServiceAccount"
+    name      = var.airflow_worker_service_account
+    namespace = kubernetes_namespace_v1.this["airflow"].metadata[0].name
+  }
+}
+
+# The deploy_model DAG rolls out bentos: it creates the canary Deployment and
+# Service and moves traffic by patching the HTTPRoute's weights.
+resource "kubernetes_role_v1" "airflow_rollout" {
+  metadata {
+    name      = "airflow-rollout"
+    namespace = kubernetes_namespace_v1.this["serving"].metadata[0].name
+    labels    = local.common_labels
+  }
+  rule {
+    api_groups = ["apps"]
+    resources  = ["deployments", "deployments/scale"]
+    verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
+  }
+  rule {
+    api_groups = ["apps"]
+    resources  = ["replicasets"]
+    verbs      = ["get", "list", "watch"]
+  }
+  rule {
+    api_groups = [""]
+    resources  = ["services"]
+    verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
+  }
+  rule {
+    api_groups = [""]
+    resources  = ["pods", "pods/log", "events"]
+    verbs      = ["get", "list", "watch"]
+  }
+  rule {
+    api_groups = ["gateway.networking.k8s.io"]
+    resources  = ["httproutes"]
+    verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
+  }
+  rule {
+    api_groups = ["gateway.networking.k8s.io"]
+    resources  = ["httproutes/status", "gateways"]
+    verbs      = ["get", "list", "watch"]
+  }
+}
+
+resource "kubernetes_role_binding_v1" "airflow_rollout" {
+  metadata {
+    name      = "airflow-rollout"
+    namespace = kubernetes_namespace_v1.this["serving"].metadata[0].name
+    labels    = local.common_labels
+  }
+  role_ref {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "Role"
+    name      = kubernetes_role_v1.airflow_rollout.metadata[0].name
+  }
+  subject {
+    kind      = "ServiceAccount"
+    name      = var.airflow_worker_service_account
+    namespace = kubernetes_namespace_v1.this["airflow"].metadata[0].name
+  }
+}
+
+# -------------------------------------------------------- network policies ----
+# Default deny in every namespace, then only the flows driftloop needs.
+
+resource "kubernetes_network_policy_v1" "default_deny" {
+  for_each = kubernetes_namespace_v1.this
+
+  metadata {
+    name      = "default-deny-all"
+    namespace = each.value.metadata[0].name
+    labels    = local.common_labels
+  }
+  spec {
+    pod_selector {}
+    policy_types = ["Ingress", "Egress"]
+  }
+}
+
+resource "kubernetes_network_policy_v1" "allow_dns" {
+  for_each = kubernetes_namespace_v1.this
+
+  metadata {
+    name      = "allow-dns-egress"
+    namespace = each.value.metadata[0].name
+    labels    = local.common_labels
+  }
+  spec {
+    pod_selector {}
+    policy_types = ["Egress"]
+    egress {
+      to {
+        namespace_selector {
+          match_labels = { (local.ns_label) = "kube-system" }
+        }
+        pod_selector {
+          match_labels = { "k8s-app" = "kube-dns" }
+        }
+      }
+      ports {
+        port     = "53"
+        protocol = "UDP"
+      }
+      ports {
+        port     = "53"
+        protocol = "TCP"
+      }
+    }
+  }
+}
+
+# Pods of one namespace talk freely to each other: Airflow components and
+# task pods, a Spark driver and its executors, stable and canary bentos.
+resource "kubernetes_network_policy_v1" "allow_same_namespace" {
+  for_each = kubernetes_namespace_v1.this
+
+  metadata {
+    name      = "allow-same-namespace"
+    namespace = each.value.metadata[0].name
+    labels    = local.common_labels
+  }
+  spec {
+    pod_selector {}
+    policy_types = ["Ingress", "Egress"]
+    ingress {
+      from {
+        pod_selector {}
+      }
+    }
+    egress {
+      to {
+        pod_selector {}
+      }
+    }
+  }
+}
+
+resource "kubernetes_network_policy_v1" "allow_driftloop_flows" {
+  for_each = kubernetes_namespace_v1.this
+
+  metadata {
+    name      = "allow-driftloop-flows"
+    namespace = each.value.metadata[0].name
+    labels    = local.common_labels
+  }
+  spec {
+    pod_selector {}
+    policy_types = ["Ingress", "Egress"]
+
+    dynamic "ingress" {
+      for_each = [for r in local.namespace_ingress[each.key] : r if length(r.namespaces) > 0]
+      content {
+        dynamic "from" {
+          for_each = ingress.value.namespaces
+          content {
+            namespace_selector {
+              match_labels = { (local.ns_label) = from.value }
+            }
+          }
+        }
+        ports {
+          port     = tostring(ingress.value.port)
+          protocol = "TCP"
+        }
+      }
+    }
+
+    dynamic "egress" {
+      for_each = local.namespace_egress[each.key]
+      content {
+        dynamic "to" {
+          for_each = egress.value.namespaces
+          content {
+            namespace_selector {
+              match_labels = { (local.ns_label) = to.value }
+            }
+          }
+        }
+        ports {
+          port     = tostring(egress.value.port)
+          protocol = "TCP"
+        }
+      }
+    }
+
+    dynamic "egress" {
+      for_each = local.cidr_egress[each.key]
+      content {
+        dynamic "to" {
+          for_each = egress.value.cidrs
+          content {
+            ip_block {
+              cidr = to.value
+            }
+          }
+        }
+        dynamic "ports" {
+          for_each = egress.value.ports
+          content {
+            port     = tostring(ports.value)
+            protocol = "TCP"
+          }
+        }
+      }
+    }
+  }
+}
