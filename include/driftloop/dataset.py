@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ColumnType = Literal["string", "double", "long", "boolean", "timestamp"]
 Aggregation = Literal["count", "sum", "mean", "min", "max"]
@@ -141,7 +141,7 @@ class DatasetSpec(BaseModel):
                 if part not in known:
                     problems.append(f"ratio {ratio.name!r} uses unknown feature {part!r}")
         if problems:
-            raise DatasetSpecError("dataset spec is inconsistent: " + "; ".join(problems))
+            raise ValueError("inconsistent: " + "; ".join(dict.fromkeys(problems)))
         return self
 
     def column(self, name: str) -> ColumnSpec:
@@ -184,7 +184,16 @@ def load_dataset_spec(path: Path | None = None) -> DatasetSpec:
             text = Path(path).read_text()
         except FileNotFoundError as exc:
             raise DatasetSpecError(f"dataset spec {path} does not exist (DRIFTLOOP_DATASET_FILE)") from exc
-    return DatasetSpec.model_validate(yaml.safe_load(text))
+    try:
+        return DatasetSpec.model_validate(yaml.safe_load(text))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise DatasetSpecError(
+            f"dataset spec {path or 'transactions (embedded)'} is invalid: {problems}"
+        ) from None
 
 
 @lru_cache(maxsize=4)
