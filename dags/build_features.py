@@ -37,18 +37,19 @@ def build_features():
     @task(outlets=[FEATURES])
     def update_features_table(*, outlet_events=None) -> dict:
         """Run the feature job; skip (no Asset event) when bronze has nothing new."""
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from driftloop.config import get_settings
         from driftloop.dataset import get_dataset_spec
         from driftloop.features import build_features as run_feature_job
+        from driftloop.lake import tables
         from driftloop.lake.spark import get_spark
 
         settings = get_settings()
         report = run_feature_job(get_spark(settings), settings, get_dataset_spec())
         if report.skipped:
             raise AirflowSkipException(f"features already built from bronze version {report.bronze_version}")
-        outlet_events[FEATURES].extra = report.asset_extra()
+        outlet_events[FEATURES].extra = report.asset_extra(settings.table_uri(tables.FEATURES))
         return report.as_dict()
 
     update_features_table()

@@ -37,14 +37,16 @@ def ingest_events():
     @task(outlets=[BRONZE_EVENTS])
     def ingest_landed_batches(*, outlet_events=None) -> dict:
         """Ingest every landed file; skip (no Asset event) when nothing new was written."""
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from driftloop.config import get_settings
         from driftloop.dataset import get_dataset_spec
         from driftloop.ingest import ingest_landing
+        from driftloop.lake import tables
 
-        summary = ingest_landing(get_settings(), get_dataset_spec())
-        extra = summary.bronze_event_extra()
+        settings = get_settings()
+        summary = ingest_landing(settings, get_dataset_spec())
+        extra = summary.bronze_event_extra(settings.table_uri(tables.BRONZE_EVENTS))
         if extra is None:
             raise AirflowSkipException(f"no new event batches: {summary.describe()}")
         outlet_events[BRONZE_EVENTS].extra = extra

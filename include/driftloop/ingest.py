@@ -305,13 +305,14 @@ class IngestSummary:
             f"{len(self.unreadable)} unreadable file(s)"
         )
 
-    def bronze_event_extra(self) -> dict | None:
+    def bronze_event_extra(self, table_uri: str) -> dict | None:
         """The bronze Asset event's payload, or None when no new event rows were written."""
         written = [b for b in self.batches if b.kind == "events" and not b.already_ingested]
         if not written:
             return None
         keys = ("batch_id", "rows_in", "rows_valid", "rows_quarantined", "bronze_version")
         return {
+            "table_uri": table_uri,
             "bronze_version": max(b.bronze_version for b in written),
             "batches": [{k: getattr(b, k) for k in keys} for b in written],
         }
