@@ -15,12 +15,12 @@ TOOLS := .venv-tools
 TOOLS_SYNCED := $(TOOLS)/.synced
 export DRIFTLOOP_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: help setup demo test lint format bench lock clean
+.PHONY: help setup services demo test lint format bench lock clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: $(SYNCED) $(JARS) $(TOOLS_SYNCED) ## create the virtualenvs from the lock files and fetch the Spark jars
+setup: $(SYNCED) $(JARS) $(TOOLS_SYNCED) services ## virtualenvs from the lock files, Spark jars, test servers
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -39,6 +39,10 @@ $(TOOLS_SYNCED): terraform/requirements-tools.lock | $(BIN)/python
 	@$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(TOOLS)/bin/uv pip sync --python $(TOOLS)/bin/python terraform/requirements-tools.lock
 	@touch $@
+
+services: ## install the servers integration tests start: PostgreSQL binaries, versitygw (S3) in .tools/bin
+	@bash include/ops/install-postgres.sh
+	@bash include/ops/install-object-store.sh
 
 $(JARS): include/spark-jars/pom.xml
 	@command -v mvn >/dev/null || { echo "need Maven (mvn) to fetch the Delta/hadoop-aws jars"; exit 1; }

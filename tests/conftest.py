@@ -6,7 +6,10 @@ anything imports them.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="driftloop-airflow-test-"))
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_AIRFLOW_HOME),
@@ -57,6 +61,40 @@ def spark() -> Iterator:
     from driftloop.config import Settings
     from driftloop.lake.spark import get_spark, stop_spark
 
-    session = get_spark(Settings(data_dir=Path(tempfile.mkdtemp(prefix="driftloop-spark-"))))
+    scratch = Path(tempfile.mkdtemp(prefix="driftloop-spark-"))
+    session = get_spark(Settings(data_dir=scratch))
     yield session
     stop_spark()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # a SIGTERM (CI timeout, kill) unwinds like Ctrl-C, so fixtures still stop their servers
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator:
+    """A real S3-compatible server (versitygw) on 127.0.0.1 with a fresh bucket."""
+    from tests.services import object_store
+
+    with object_store() as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with password auth."""
+    from tests.services import postgres
+
+    with postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking(pg, s3) -> Iterator:
+    """An MLflow server the production way: PostgreSQL backend store, artifacts in S3."""
+    from tests.services import mlflow_server
+
+    with mlflow_server(pg, s3) as server:
+        yield server
