@@ -11,20 +11,71 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["local", "kubernetes"]
+Metric = Literal["pr_auc", "recall_at_fpr"]
 
 # The repository root when the package is installed in editable mode from a checkout; a
 # packaged install (Docker image) sets DRIFTLOOP_SPARK_JARS_DIR explicitly instead.
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 
 
+class TrainingSettings(BaseModel):
+    """How a retrain tunes and how much data it needs (DRIFTLOOP_TRAINING__*)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n_trials: int = Field(20, ge=1, le=500, description="Optuna trials per study unless a run overrides it.")
+    timeout_minutes: float = Field(10.0, gt=0, description="Wall-clock budget of one study.")
+    metric: Metric = Field("pr_auc", description="What the study maximises on the validation split.")
+    pruning: bool = Field(True, description="Stop hopeless trials early (median pruner on boosting rounds).")
+    max_boost_rounds: int = Field(
+        400, ge=10, description="Upper bound of LightGBM boosting rounds per trial."
+    )
+    train_fraction: float = Field(0.7, gt=0, lt=1, description="Oldest share of the time range used to fit.")
+    validation_fraction: float = Field(
+        0.15, gt=0, lt=1, description="Next share, used to tune and stop early."
+    )
+    min_rows: int = Field(500, ge=10, description="Fewer labelled events than this: refuse to train.")
+    min_positives: int = Field(10, ge=2, description="Fewer positive labels than this: refuse to train.")
+    seed: int = Field(42, description="Seed of the sampler and of LightGBM.")
+
+
+class GateSettings(BaseModel):
+    """When a new model may replace the champion (DRIFTLOOP_GATE__*)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fpr_budget: float = Field(
+        0.01, gt=0, lt=1, description="False-positive rate at which recall is measured."
+    )
+    min_pr_auc: float = Field(0.2, ge=0, le=1, description="Absolute floor of PR-AUC on the holdout.")
+    min_recall_at_fpr: float = Field(
+        0.2, ge=0, le=1, description="Absolute floor of recall at the FPR budget."
+    )
+    margin: float = Field(0.0, ge=-1, le=1, description="PR-AUC a challenger must gain over the champion.")
+    recent_window_days: float = Field(
+        2.0, gt=0, description="Most recent labelled days evaluated separately."
+    )
+    recent_tolerance: float = Field(
+        0.02, ge=0, le=1, description="PR-AUC a challenger may lose to the champion on the recent window."
+    )
+    max_calibration_error: float = Field(
+        0.05, gt=0, le=1, description="Guardrail: expected calibration error on the holdout."
+    )
+    latency_budget_ms: float = Field(
+        20.0, gt=0, description="Guardrail: p99 single-row scoring latency of the model, in ms."
+    )
+
+
 class Settings(BaseSettings):
     """Everything that differs between runs, places and profiles."""
 
-    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLOOP_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
 
     profile: Profile = Field("local", description="Where driftloop runs: one machine or Kubernetes.")
     data_dir: Path = Field(
@@ -56,6 +107,21 @@ class Settings(BaseSettings):
         None, description="S3-compatible endpoint (e.g. a local object store); None: AWS."
     )
 
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking/registry URI. Empty: a SQLite store under <data_dir>/mlflow."
+    )
+    registered_model: str = Field("driftloop-fraud", description="The use case's registered model name.")
+    optuna_storage: str = Field(
+        "", description="Optuna RDB storage URL. Empty: SQLite under <data_dir>/optuna.db."
+    )
+    registry_lock_dsn: str | None = Field(
+        None,
+        description="PostgreSQL DSN whose advisory lock serialises registry decisions across hosts. "
+        "None: a file lock under <data_dir> (one machine).",
+    )
+    training: TrainingSettings = TrainingSettings()
+    gate: GateSettings = GateSettings()
+
     future_event_tolerance: timedelta = Field(
         timedelta(minutes=5),
         description="How far past the batch's reference time an event_time may lie before it is rejected.",
@@ -82,6 +148,22 @@ class Settings(BaseSettings):
     def landing(self) -> str:
         """Root of the landing area with the default applied."""
         return (self.landing_uri or f"{self.lake_uri}/landing").rstrip("/")
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI with the default applied."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps artifacts; None lets an MLflow server decide."""
+        if self.mlflow_tracking_uri:
+            return None
+        return (self.data_dir / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def optuna_storage_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.data_dir / 'optuna.db'}"
 
     def table_uri(self, name: str) -> str:
         """URI of a Delta table in the lake, as Spark addresses it (s3a:// or a path)."""

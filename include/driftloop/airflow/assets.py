@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, AssetWatcher
 
+from driftloop.airflow.asset_names import BRONZE_EVENTS, CHALLENGER, CHAMPION, DRIFT, FEATURES, LANDING
 from driftloop.airflow.triggers import LandingFilesTrigger
 from driftloop.config import get_settings
-
-LANDING = "driftloop.landing"
-BRONZE_EVENTS = "driftloop.bronze_events"
-FEATURES = "driftloop.features"
 
 
 def landing_asset() -> Asset:
@@ -30,3 +27,18 @@ def bronze_events_asset() -> Asset:
 def features_asset() -> Asset:
     """The per-event features table; events carry its Delta version."""
     return Asset(name=FEATURES)
+
+
+def drift_asset() -> Asset:
+    """Monitoring found drift; events carry drifted features, scores, report and serving version."""
+    return Asset(name=DRIFT)
+
+
+def challenger_asset() -> Asset:
+    """A registered version passed the gate and awaits its canary; events carry version and metrics."""
+    return Asset(name=CHALLENGER)
+
+
+def champion_asset() -> Asset:
+    """The champion alias moved (first model, promotion or rollback)."""
+    return Asset(name=CHAMPION)
