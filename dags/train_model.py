@@ -89,7 +89,7 @@ def train_model():
 
         settings = get_settings()
         assets = [getattr(a, "name", str(a)) for a in (triggering_asset_events or {})]
-        trigger, reason = resolve_trigger(str(dag_run.run_type), assets, params.get("reason"))
+        trigger, reason = resolve_trigger(dag_run.run_type, assets, params.get("reason"))
         request = RetrainRequest.parse(
             run_key=dag_run.run_id,
             trigger=trigger,

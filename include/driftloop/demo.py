@@ -49,8 +49,10 @@ def run_data_plane_demo(settings: Settings, spec: DatasetSpec, echo: Callable[[s
 
     timeline = Timeline(echo)
     echo(f"driftloop demo — lake at {settings.lake_uri}")
-    if settings.lake_uri.startswith("/") and Path(settings.lake_uri).exists():
-        shutil.rmtree(settings.lake_uri)  # the demo always starts from an empty lake
+    # the demo always starts from nothing: an empty lake, MLflow store and study storage
+    for leftover in (Path(settings.lake_uri), settings.data_dir / "mlflow", settings.data_dir / "optuna.db"):
+        if settings.lake_uri.startswith("/") and leftover.exists():
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
     # anchor simulated time so the last batch ends a day ago: every label is already due,
     # and rows stamped 30 days after their batch really are in the future
@@ -119,6 +121,55 @@ def run_data_plane_demo(settings: Settings, spec: DatasetSpec, echo: Callable[[s
         )
         timeline.note(f"lineage: {training.lineage}")
 
+    _train_first_champion(settings, spec, spark, timeline)
+
     total = time.perf_counter() - timeline.started
     echo(f"done in {total:.1f}s — tables under {settings.lake_uri}/tables")
     return timeline
+
+
+def _train_first_champion(settings: Settings, spec: DatasetSpec, spark, timeline: Timeline) -> None:
+    """train_model's stages on the demo lake: study → registered version → gate → champion."""
+    from driftloop.registry import Registry
+    from driftloop.retraining import (
+        RetrainRequest,
+        gate_candidate,
+        prepare_training_data,
+        register_candidate,
+        run_study,
+    )
+
+    request = RetrainRequest.parse(
+        run_key="demo__first-model",
+        trigger="cli",
+        reason="make demo: first model",
+        n_trials=10,
+        timeout_minutes=5,
+        metric="pr_auc",
+    )
+    with timeline.stage("train_model: pinned training set"):
+        data = prepare_training_data(spark, settings, spec, request)
+        timeline.note(f"{data.rows:,} rows, {data.positives} positives, frozen at {data.uri}")
+    with timeline.stage(f"train_model: Optuna study ({request.n_trials} trials, pruning on)"):
+        parent, tuning = run_study(settings, spec, request, data)
+        timeline.note(
+            f"study {tuning.study_name}: {tuning.trials_complete} complete, {tuning.trials_pruned} pruned; "
+            f"best validation PR-AUC {tuning.best_value:.3f} (trial {tuning.best_trial})"
+        )
+    with timeline.stage("train_model: refit, log (LightGBM native) and register"):
+        version = register_candidate(settings, spec, request, data, parent, tuning)
+        timeline.note(f"registered {settings.registered_model} version {version} (MLflow run {parent})")
+    with timeline.stage("train_model: champion/challenger gate"):
+        result = gate_candidate(settings, spec, request, data, version)
+        holdout = result.candidate.holdout
+        timeline.note(
+            f"holdout PR-AUC {holdout['pr_auc']:.3f}, recall at {settings.gate.fpr_budget:.0%} FPR "
+            f"{holdout['recall_at_fpr']:.3f}, calibration error {holdout['calibration_error']:.3f}, "
+            f"p99 latency {result.candidate.latency_p99_ms:.2f} ms"
+        )
+        timeline.note(f"decision: {result.decision.outcome} {'; '.join(result.decision.reasons)}")
+        for move in Registry(settings).history(5):
+            timeline.note(
+                f"alias history: {move.alias} → v{move.version} (was {move.previous_version}) {move.reason}"
+            )
+    timeline.note(f"browse runs and the registry: mlflow ui --backend-store-uri {settings.tracking_uri}")

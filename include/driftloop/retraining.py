@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -72,10 +73,17 @@ class RetrainRequest(BaseModel):
         return self.run_key.translate(_SAFE_KEY)
 
 
-def resolve_trigger(run_type: str, triggering_assets: list[str], reason: str | None) -> tuple[Trigger, str]:
-    """Which of the four triggers started this run, and a reason to record for it."""
+def resolve_trigger(
+    run_type: object, triggering_assets: list[str], reason: str | None
+) -> tuple[Trigger, str]:
+    """Which of the four triggers started this run, and a reason to record for it.
+
+    ``run_type`` is Airflow's DagRunType (or its value); manual runs come through the REST API,
+    which the UI uses too.
+    """
     from driftloop.airflow.asset_names import DRIFT
 
+    run_type = str(getattr(run_type, "value", run_type)).lower()
     if run_type == "asset_triggered" or triggering_assets:
         trigger: Trigger = "drift" if DRIFT in triggering_assets else "features"
         default = "drift detected by monitoring" if trigger == "drift" else "new features landed"
@@ -223,6 +231,7 @@ def run_study(
 ) -> tuple[str, TuningResult]:
     """Tune (resuming the run's study if it exists), each trial a nested MLflow run."""
     import mlflow
+    from mlflow.entities import Metric, Param
 
     frame = load_prepared(settings, data)
     split = _split(frame, spec, settings)
@@ -238,6 +247,7 @@ def run_study(
     def log_trial(trial, metrics: dict[str, float]) -> None:
         if str(trial.number) in logged:
             return
+        logged.add(str(trial.number))
         child = client.create_run(
             experiment_id,
             run_name=f"trial {trial.number}",
@@ -247,14 +257,16 @@ def run_study(
                 "state": trial.state.name,
             },
         )
-        for key, value in trial.params.items():
-            client.log_param(child.info.run_id, key, value)
         duration = trial.user_attrs.get("duration_s")
         if duration is None and trial.datetime_complete and trial.datetime_start:
             duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        for key, value in {**metrics, "duration_s": duration or 0.0, "value": trial.value}.items():
-            if value is not None and value == value:
-                client.log_metric(child.info.run_id, key, float(value))
+        values = {**metrics, "duration_s": duration or 0.0, "value": trial.value}
+        now = int(time.time() * 1000)
+        client.log_batch(  # one round trip per trial: per-call logging dominated small trials
+            child.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if v is not None and v == v],
+            params=[Param(k, str(v)) for k, v in trial.params.items()],
+        )
         client.set_terminated(child.info.run_id, "FINISHED" if trial.state.name == "COMPLETE" else "KILLED")
 
     result = tune(
@@ -270,6 +282,13 @@ def run_study(
         fpr_budget=settings.gate.fpr_budget,
         log_trial=log_trial,
     )
+    # trials a killed worker finished but never logged: log them now, once
+    import optuna
+
+    study = optuna.load_study(study_name=result.study_name, storage=settings.optuna_storage_url)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.is_finished():
+            log_trial(trial, trial.user_attrs.get("metrics", {}))
     client.log_metric(parent, f"best_{request.metric}", result.best_value)
     for key in ("trials_complete", "trials_pruned", "trials_resumed", "best_trial", "best_iteration"):
         client.log_metric(parent, key, float(getattr(result, key)))
@@ -296,7 +315,7 @@ def register_candidate(
     frame = load_prepared(settings, data)
     split = _split(frame, spec, settings)
     encoder = FeatureEncoder.fit(split.train, spec)
-    booster = fit_final(split, encoder, spec, tuning, settings.training.seed)
+    booster = fit_final(split, encoder, spec, tuning, settings.training)
     example = encoder.transform(split.holdout.head(5))
     mlflow.set_tracking_uri(settings.tracking_uri)
     with mlflow.start_run(run_id=parent):

@@ -7,6 +7,7 @@ resumes it; every trial is a nested MLflow run under one parent run that carries
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -150,14 +151,16 @@ class FeatureEncoder:
         )
 
 
-def lightgbm_params(trial: optuna.Trial, positives_ratio: float, seed: int) -> dict[str, Any]:
+def lightgbm_params(
+    trial: optuna.Trial, positives_ratio: float, seed: int, num_threads: int
+) -> dict[str, Any]:
     """The search space: tree shape, regularisation, sampling and class weighting."""
     return {
         "objective": "binary",
         "metric": "average_precision",
         "verbosity": -1,
         "seed": seed,
-        "num_threads": 2,
+        "num_threads": num_threads,
         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.3, log=True),
         "num_leaves": trial.suggest_int("num_leaves", 8, 128, log=True),
         "min_child_samples": trial.suggest_int("min_child_samples", 5, 200, log=True),
@@ -263,6 +266,8 @@ def tune(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats are what make a killed worker's trial retryable; their "experimental" label is noise
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = optuna.storages.RDBStorage(
         storage_url,
         heartbeat_interval=30,
@@ -295,11 +300,13 @@ def tune(
         free_raw_data=False,
         params={"feature_pre_filter": False},
     )
-    val_set = lgb.Dataset(x_val, y_val, reference=train_set, free_raw_data=False)
+    val_set = lgb.Dataset(
+        x_val, y_val, reference=train_set, free_raw_data=False, params={"feature_pre_filter": False}
+    )
 
     def objective(trial: optuna.Trial) -> float:
         started = time.perf_counter()
-        params = lightgbm_params(trial, float(y_train.mean()), settings.seed)
+        params = lightgbm_params(trial, float(y_train.mean()), settings.seed, settings.num_threads)
         callbacks = [lgb.early_stopping(30, verbose=False)]
         if use_pruning:
             callbacks.append(_pruning_callback(trial))
@@ -345,7 +352,11 @@ def tune(
 
 
 def fit_final(
-    split: TimeSplit, encoder: FeatureEncoder, spec: DatasetSpec, tuning: TuningResult, seed: int
+    split: TimeSplit,
+    encoder: FeatureEncoder,
+    spec: DatasetSpec,
+    tuning: TuningResult,
+    settings: TrainingSettings,
 ) -> lgb.Booster:
     """Refit the best configuration on train + validation for the rounds early stopping chose."""
     import lightgbm as lgb
@@ -354,8 +365,8 @@ def fit_final(
     params = {
         "objective": "binary",
         "verbosity": -1,
-        "seed": seed,
-        "num_threads": 2,
+        "seed": settings.seed,
+        "num_threads": settings.num_threads,
         "bagging_freq": 1,
         "deterministic": True,
         **tuning.best_params,
@@ -374,7 +385,8 @@ class ModelScorer:
     encoder: FeatureEncoder
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.booster.predict(self.encoder.transform(frame))
+        # one thread: scoring runs beside other work, where OpenMP spin-waiting hurts most
+        return self.booster.predict(self.encoder.transform(frame).to_numpy(), num_threads=1)
 
     def latency_ms(self, rows: pd.DataFrame, repeats: int = 200) -> dict[str, float]:
         """Single-row scoring latency (encode + predict), p50 and p99 in milliseconds."""

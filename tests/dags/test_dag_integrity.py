@@ -64,3 +64,34 @@ def test_dag_files_import_no_heavy_module_at_parse_time():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     (line,) = [x for x in out.stdout.splitlines() if x.startswith("LOADED=")]
     assert line == "LOADED="
+
+
+@pytest.mark.parametrize(
+    ("conf", "bad"),
+    [
+        ({"n_trials": 0}, "n_trials"),
+        ({"n_trials": "many"}, "n_trials"),
+        ({"metric": "accuracy"}, "metric"),
+        ({"timeout_minutes": -1}, "timeout_minutes"),
+        ({"window_days": 0}, "window_days"),
+        ({"reason": "x"}, "reason"),
+    ],
+)
+def test_train_model_rejects_invalid_parameters_before_any_work(dagbag, conf, bad):
+    """Airflow validates these when a run is created (REST returns 4xx): no task ever starts."""
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["train_model"].params)
+    with pytest.raises(ParamValidationError, match=f"param {bad}"):
+        params.update(conf)
+        params.validate()
+
+
+def test_train_model_accepts_a_valid_request(dagbag):
+    import copy
+
+    params = copy.deepcopy(dagbag.dags["train_model"].params)
+    params.update({"n_trials": 5, "reason": "analyst request", "window_days": 7, "metric": "recall_at_fpr"})
+    assert params.validate()["n_trials"] == 5

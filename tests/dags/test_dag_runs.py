@@ -74,3 +74,45 @@ def test_ingest_then_build_features_end_to_end(settings, spark, dagbag):
     assert _run(dagbag, "build_features")["update_features_table"].state == "skipped"
     assert tables.open_table(settings, tables.BRONZE_EVENTS).version() == bronze.version()
     assert len(_asset_events("driftloop.bronze_events")) == 1
+
+
+def test_train_model_registers_and_gates_a_first_champion(settings, spark, dagbag, monkeypatch):
+    from datetime import timedelta
+
+    from driftloop.config import get_settings
+    from driftloop.registry import CHAMPION, Registry
+
+    for name, value in {
+        "DRIFTLOOP_TRAINING__MAX_BOOST_ROUNDS": "60",
+        "DRIFTLOOP_GATE__LATENCY_BUDGET_MS": "500",
+        "DRIFTLOOP_GATE__MIN_PR_AUC": "0.05",
+        "DRIFTLOOP_GATE__MIN_RECALL_AT_FPR": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    config = SimulationConfig(
+        n_users=800,
+        n_merchants=40,
+        events_per_batch=1000,
+        n_batches=4,
+        seed=8,
+        batch_interval=timedelta(hours=8),
+    )
+    write_landing_batches(config, Path(settings.landing))
+    _run(dagbag, "ingest_events")
+    _run(dagbag, "build_features")
+
+    from airflow.utils.state import DagRunState
+
+    run = dagbag.get_dag("train_model").test(run_conf={"n_trials": 2, "reason": "dag test"})
+    assert run.state == DagRunState.SUCCESS
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert set(states.values()) == {"success"}, states
+
+    registry = Registry(get_settings())
+    champion = registry.alias_version(CHAMPION)
+    tags = registry.client.get_model_version(registry.name, champion.version).tags
+    assert (tags["trigger"], tags["reason"]) == ("rest", "dag test")
+    assert tags["lineage.features_version"] == str(tables.open_table(settings, tables.FEATURES).version())
+    (event,) = _asset_events("driftloop.champion")
+    assert event["version"] == str(champion.version)
