@@ -15,7 +15,7 @@ TOOLS := .venv-tools
 TOOLS_SYNCED := $(TOOLS)/.synced
 export DRIFTLOOP_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: help setup services demo test lint format bench lock clean
+.PHONY: help setup services demo up test lint format bench lock clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ $(JARS): include/spark-jars/pom.xml
 
 demo: setup ## run the main job on the embedded defaults, printing what happened
 	$(BIN)/driftloop demo
+
+up: setup ## run Airflow (UI + REST API on 127.0.0.1:8080) until Ctrl-C, printing URLs and credentials
+	$(BIN)/driftloop up
 
 test: setup ## run the whole test suite
 	$(BIN)/python -m pytest

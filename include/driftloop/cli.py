@@ -95,5 +95,43 @@ def demo() -> None:
         stop_spark()
 
 
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the UI and REST API.")] = 8080,
+) -> None:
+    """Run Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1 until Ctrl-C."""
+    import signal
+    import time
+
+    from driftloop.stack import AirflowStack, StackError
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the stack like Ctrl-C
+    settings = _settings()
+    stack = AirflowStack(settings, port=port, echo=typer.echo)
+    try:
+        stack.start()
+        users = "   ".join(f"{user} / {password}" for user, password in stack.credentials().items())
+        typer.echo(
+            f"\ndriftloop stack is up — Ctrl-C stops it\n"
+            f"  Airflow UI + REST API  {stack.ui_url}\n"
+            f"  users (demo only)      {users}   (kept in {stack.passwords_file})\n"
+            f"  component logs         {stack.logs}\n"
+            f"  MLflow store           {settings.tracking_uri}\n"
+            f"  DAGs start paused: unpause them in the UI, or PATCH /api/v2/dags/<dag_id>.\n"
+        )
+        while not (exited := stack.exited()):
+            time.sleep(2)
+        for name, log in exited.items():
+            typer.echo(f"airflow {name} stopped unexpectedly; see {log}", err=True)
+        raise typer.Exit(1)
+    except StackError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("stopping the stack …")
+    finally:
+        stack.stop()
+
+
 if __name__ == "__main__":
     app()
