@@ -14,7 +14,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,10 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from driftloop.processes import LOOPBACK, free_port, log_tail, stop_process_tree
+
 REPO = Path(__file__).resolve().parents[1]
 TOOLS_BIN = REPO / ".tools" / "bin"
-LOOPBACK = "127.0.0.1"
 REGION = "us-east-1"
 _Account = tuple[int, int] | None  # (uid, gid) a server runs as, None for the current user
 
@@ -192,53 +192,23 @@ class MlflowServer:
 # --- process plumbing -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the server binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
 def _secret() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _log_tail(path: Path, hide: tuple[str, ...] = (), lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    tail = "\n".join(text.splitlines()[-lines:])
-    for value in hide:
-        tail = tail.replace(value, "***")
-    return tail or "(log is empty)"
-
-
 def _start_error(what: str, log: Path, hint: str, hide: tuple[str, ...] = ()) -> ServiceStartError:
     return ServiceStartError(
-        f"{what}\n--- last lines of {log} ---\n{_log_tail(log, hide)}\n--- what to do ---\n{hint}"
+        f"{what}\n--- last lines of {log} ---\n{log_tail(log, hide=hide)}\n--- what to do ---\n{hint}"
     )
 
 
 def _port_taken(log: Path) -> bool:
-    text = _log_tail(log, lines=80).lower()
+    text = log_tail(log, lines=80).lower()
     return "address already in use" in text or "could not bind" in text
 
 
 def _stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
-    """Stop a process started in its own session, and everything it spawned."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(STOP_TIMEOUT)
-    # children that outlived their leader (e.g. uvicorn workers) are still in its group
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_process_tree(proc, STOP_TIMEOUT, first_signal=sig)
 
 
 def _launch(cmd: list[str], log: Path, env: dict[str, str], account: _Account) -> subprocess.Popen[bytes]:

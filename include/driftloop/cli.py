@@ -83,6 +83,42 @@ def features() -> None:
     typer.echo(json.dumps(report.as_dict(), indent=2))
 
 
+registry_app = typer.Typer(help="The model registry: aliases and their history.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("history")
+def registry_history(
+    limit: Annotated[int, typer.Option(min=1, help="How many moves, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+) -> None:
+    """Every alias move: which version, from what, when, by which run, why."""
+    from driftloop.registry import Registry
+
+    moves = Registry(_settings()).history(limit)
+    if not moves:
+        typer.echo("no alias has moved yet")
+    for move in moves:
+        if as_json:
+            typer.echo(json.dumps(move.as_dict()))
+        else:
+            typer.echo(
+                f"{move.moved_at:%Y-%m-%d %H:%M:%S} {move.alias:<10} v{move.version or '-':<4} "
+                f"(was v{move.previous_version or '-'})  {move.actor}  {move.run_key}  {move.reason}"
+            )
+
+
+@registry_app.command("aliases")
+def registry_aliases() -> None:
+    """Where champion, challenger and previous point now."""
+    from driftloop.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+
+    registry = Registry(_settings())
+    for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+        version = registry.alias_version(alias)
+        typer.echo(f"{alias:<10} {'v' + str(version.version) if version else '-'}")
+
+
 @app.command()
 def demo() -> None:
     """The main job on the embedded defaults, end to end, printing what happened."""

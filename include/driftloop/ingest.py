@@ -13,7 +13,6 @@ from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -29,6 +28,7 @@ BatchKind = Literal["events", "labels"]
 KINDS: tuple[BatchKind, ...] = ("events", "labels")
 PROCESSED_DIR = "_processed"
 QUARANTINE_DIR = "_quarantine"
+_ID_CHUNK = 5_000  # event ids per lookup query against bronze
 _READERS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 
 _ARROW_TYPES = {
@@ -169,18 +169,29 @@ def _quarantine_rows(raw: pd.DataFrame, reasons: pd.Series, batch: LandingFile, 
 
 
 def _already_in_bronze(
-    settings: Settings, spec: DatasetSpec, event_ids: pd.Series, batch_id: str
+    settings: Settings, spec: DatasetSpec, batch: pd.DataFrame, batch_id: str
 ) -> pd.Series:
-    """Which of ``event_ids`` an earlier, different batch already put in bronze."""
+    """Which rows' event ids an earlier, different batch already put in bronze."""
+    ids = batch[spec.event_id]
     table = tables.open_table(settings, tables.BRONZE_EVENTS)
-    if table is None or event_ids.empty:
-        return pd.Series(False, index=event_ids.index)
-    existing = table.to_pyarrow_dataset().to_table(
-        columns=[spec.event_id, "_batch_id"],
-        filter=pc.field(spec.event_id).isin(pa.array(event_ids.astype(str).unique()))
-        & (pc.field("_batch_id") != batch_id),
-    )
-    return event_ids.isin(existing.column(spec.event_id).to_pylist())
+    if table is None or batch.empty:
+        return pd.Series(False, index=batch.index)
+    unique = ids.astype(str).unique().tolist()
+    quoted_batch = _sql_string(batch_id)
+    found: set[str] = set()
+    for start in range(0, len(unique), _ID_CHUNK):
+        chunk = ", ".join(_sql_string(i) for i in unique[start : start + _ID_CHUNK])
+        rows = tables.query(
+            table,
+            f'SELECT "{spec.event_id}" AS id FROM t '
+            f'WHERE "_batch_id" <> {quoted_batch} AND "{spec.event_id}" IN ({chunk})',
+        )
+        found.update(rows.column("id").to_pylist())
+    return ids.isin(found)
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def ingest_batch(
@@ -201,7 +212,7 @@ def ingest_batch(
 
     valid, reasons = outcome.valid, outcome.reasons
     if batch.kind == "events":
-        duplicate = _already_in_bronze(settings, spec, valid[spec.event_id], batch.batch_id)
+        duplicate = _already_in_bronze(settings, spec, valid, batch.batch_id)
         if duplicate.any():
             reasons = pd.concat(
                 [

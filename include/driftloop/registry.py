@@ -138,15 +138,20 @@ class Registry:
     def register(
         self, model_uri: str, run_id: str, run_key: str, tags: dict[str, str], model_id: str | None = None
     ) -> ModelVersion:
-        """Register ``model_uri`` once per run key, with the lineage tags on the version."""
-        existing = self.find_version(run_key)
-        if existing is not None:
-            log.info("registry.already_registered", version=existing.version, run_key=run_key)
-            return existing
-        self.ensure_model()
-        version = self.client.create_model_version(
-            self.name, model_uri, run_id=run_id, tags={**tags, RUN_KEY_TAG: run_key}, model_id=model_id
-        )
+        """Register ``model_uri`` once per run key, with the lineage tags on the version.
+
+        Check and create happen under the registry lock, so concurrent retries of one run
+        cannot both register, and concurrent runs get distinct versions.
+        """
+        with registry_lock(self.settings):
+            existing = self.find_version(run_key)
+            if existing is not None:
+                log.info("registry.already_registered", version=existing.version, run_key=run_key)
+                return existing
+            self.ensure_model()
+            version = self.client.create_model_version(
+                self.name, model_uri, run_id=run_id, tags={**tags, RUN_KEY_TAG: run_key}, model_id=model_id
+            )
         log.info("registry.registered", version=version.version, run_key=run_key)
         return version
 
@@ -192,9 +197,9 @@ class Registry:
 
     def history(self, limit: int = 100) -> list[AliasMove]:
         """Alias moves of this model, newest first."""
-        table = tables.open_table(self.settings, ALIAS_HISTORY)
+        table = tables.read_table(self.settings, ALIAS_HISTORY)
         if table is None:
             return []
-        rows = table.to_pyarrow_table().to_pylist()
+        rows = table.to_pylist()
         rows = sorted((r for r in rows if r["model"] == self.name), key=lambda r: r["moved_at"], reverse=True)
         return [AliasMove(**r) for r in rows[:limit]]

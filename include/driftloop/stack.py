@@ -6,12 +6,9 @@ stops the processes, waits for health, and speaks the REST API (token, trigger, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from driftloop.config import Settings, get_settings
+from driftloop.processes import LOOPBACK, free_port, log_tail, port_is_free, stop_process_tree
 
-LOOPBACK = "127.0.0.1"
 # the simple auth manager's users: name -> role (the role names are Airflow's own)
 USERS: Mapping[str, str] = {"admin": "admin", "viewer": "viewer"}
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
@@ -69,64 +65,6 @@ class _Running:
 
 
 # --- process plumbing ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the server binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-        return True
-
-
-def log_tail(path: Path, lines: int = 40, hide: tuple[str, ...] = ()) -> str:
-    """The last lines of a log file, with the given values masked."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    tail = "\n".join(text.splitlines()[-lines:])
-    for value in hide:
-        if value:
-            tail = tail.replace(value, "***")
-    return tail or "(log is empty)"
-
-
-def stop_process_tree(process: subprocess.Popen[bytes], timeout: float = _STOP_TIMEOUT) -> None:
-    """Stop a process started in its own session, its group and every descendant.
-
-    Airflow's task supervisor puts each task in a process group of its own, so signalling the
-    leader's group alone would orphan running tasks (and their Spark JVMs): the descendants
-    are collected first and killed if they outlive the graceful stop.
-    """
-    try:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    _, alive = psutil.wait_procs(descendants, timeout=min(timeout, 5.0))
-    for child in alive:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(alive, timeout=5.0)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -288,7 +226,7 @@ class AirflowStack:
         others = [r for r in self._running if r not in api]
         for group in (others, api):
             with ThreadPoolExecutor(max_workers=max(len(group), 1)) as pool:
-                list(pool.map(lambda running: stop_process_tree(running.process), group))
+                list(pool.map(lambda running: stop_process_tree(running.process, _STOP_TIMEOUT), group))
         self._running.clear()
 
     def exited(self) -> dict[str, Path]:

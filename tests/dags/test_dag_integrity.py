@@ -85,8 +85,7 @@ def test_train_model_rejects_invalid_parameters_before_any_work(dagbag, conf, ba
 
     params = copy.deepcopy(dagbag.dags["train_model"].params)
     with pytest.raises(ParamValidationError, match=f"param {bad}"):
-        params.update(conf)
-        params.validate()
+        params.update(conf)  # a ParamsDict validates on assignment, as a run's conf is applied
 
 
 def test_train_model_accepts_a_valid_request(dagbag):

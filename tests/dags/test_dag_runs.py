@@ -57,7 +57,7 @@ def test_ingest_then_build_features_end_to_end(settings, spark, dagbag):
     ingest = _run(dagbag, "ingest_events")
     assert ingest["ingest_landed_batches"].state == "success"
     bronze = tables.open_table(settings, tables.BRONZE_EVENTS)
-    assert bronze.to_pyarrow_table().num_rows == 400
+    assert tables.read_table(settings, tables.BRONZE_EVENTS).num_rows == 400
 
     (event,) = _asset_events("driftloop.bronze_events")
     assert event["bronze_version"] == bronze.version()
@@ -65,7 +65,7 @@ def test_ingest_then_build_features_end_to_end(settings, spark, dagbag):
 
     features = _run(dagbag, "build_features")
     assert features["update_features_table"].state == "success"
-    assert tables.open_table(settings, tables.FEATURES).to_pyarrow_table().num_rows == 400
+    assert tables.read_table(settings, tables.FEATURES).num_rows == 400
     (event,) = _asset_events("driftloop.features")
     assert event["features_version"] == tables.open_table(settings, tables.FEATURES).version()
 

@@ -22,7 +22,7 @@ SMALL = {"n_users": 300, "n_merchants": 20, "events_per_batch": 400, "seed": 7}
 
 
 def _table(settings, name: str) -> pd.DataFrame:
-    table = tables.open_table(settings, name)
+    table = tables.read_table(settings, name)
     return pd.DataFrame() if table is None else table.to_pandas()
 
 

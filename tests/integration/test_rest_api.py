@@ -10,8 +10,6 @@ import json
 import os
 import subprocess
 import time
-from datetime import timedelta
-from pathlib import Path
 
 import airflow_client.client as airflow_client
 import pytest
@@ -21,8 +19,10 @@ from airflow_client.client.exceptions import ApiException
 from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
 
 from driftloop.config import Settings
+from driftloop.dataset import load_dataset_spec
 from driftloop.registry import CHAMPION, RUN_KEY_TAG
 from driftloop.stack import AirflowStack, ApiError
+from tests.lakes import build_lake
 
 pytestmark = pytest.mark.slow
 
@@ -43,29 +43,6 @@ curl -sS --fail-with-body -X POST "$AIRFLOW_URL/api/v2/dags/train_model/dagRuns"
 """
 
 
-def _land_and_build_features(spark, settings: Settings) -> None:
-    """Six simulated batches, ingested and featurised through the library (no Airflow runs)."""
-    from driftloop.dataset import load_dataset_spec
-    from driftloop.features import build_features
-    from driftloop.ingest import ingest_landing
-    from driftloop.simulator import SimulationConfig, batch_window, write_landing_batches
-
-    spec = load_dataset_spec()
-    config = SimulationConfig(
-        n_users=1500,
-        n_merchants=60,
-        events_per_batch=1500,
-        n_batches=6,
-        batch_interval=timedelta(hours=8),
-        seed=21,
-    )
-    write_landing_batches(config, Path(settings.landing))
-    # after the last batch, late enough that every label is due
-    horizon = batch_window(config, config.n_batches - 1)[1] + timedelta(days=3)
-    ingest_landing(settings, spec, reference_time=horizon)
-    build_features(spark, settings, spec)
-
-
 @pytest.fixture(scope="module")
 def lake_settings(spark, tmp_path_factory) -> Settings:
     settings = Settings(
@@ -75,7 +52,7 @@ def lake_settings(spark, tmp_path_factory) -> Settings:
         # 2 busy cores with the Airflow components
         gate={"latency_budget_ms": 500.0, "min_pr_auc": 0.05, "min_recall_at_fpr": 0.0},
     )
-    _land_and_build_features(spark, settings)
+    build_lake(spark, settings, load_dataset_spec())
     return settings
 
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,7 @@ import pandas as pd
 import pytest
 
 from driftloop.config import Settings
-from driftloop.features import build_features, build_training_set
-from driftloop.ingest import ingest_landing
+from driftloop.features import build_training_set
 from driftloop.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.retraining import (
     PreparedData,
@@ -33,8 +31,9 @@ from driftloop.retraining import (
     register_candidate,
     run_study,
 )
-from driftloop.simulator import SimulationConfig, batch_window, write_landing_batches
+from driftloop.simulator import SimulationConfig
 from driftloop.training import TrainingDataError, TuningResult
+from tests.lakes import TRAINING_LAKE, build_lake
 
 FAST = {"DRIFTLOOP_TRAINING__MAX_BOOST_ROUNDS": "80", "DRIFTLOOP_TRAINING__MIN_ROWS": "500"}
 
@@ -64,10 +63,7 @@ def _request(key: str, n_trials: int = 3, **overrides) -> RetrainRequest:
 
 def _build_lake(spark, lake: Path, spec, config: SimulationConfig, data_dir: Path) -> Settings:
     settings = _settings(data_dir, lake)
-    write_landing_batches(config, Path(settings.landing))
-    horizon = batch_window(config, config.n_batches - 1)[1] + timedelta(days=3)
-    ingest_landing(settings, spec, reference_time=horizon)
-    build_features(spark, settings, spec)
+    build_lake(spark, settings, spec, config)
     return settings
 
 
@@ -76,15 +72,7 @@ def lake(spark, tmp_path_factory):
     from driftloop.dataset import load_dataset_spec
 
     root = tmp_path_factory.mktemp("training-lake")
-    config = SimulationConfig(
-        n_users=1500,
-        n_merchants=60,
-        events_per_batch=1500,
-        n_batches=6,
-        batch_interval=timedelta(hours=8),
-        seed=21,
-    )
-    _build_lake(spark, root / "lake", load_dataset_spec(), config, root / "data")
+    _build_lake(spark, root / "lake", load_dataset_spec(), TRAINING_LAKE, root / "data")
     return root / "lake"
 
 
