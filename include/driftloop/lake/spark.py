@@ -5,6 +5,7 @@ A cold JVM costs 10-40 s here, so every caller (feature jobs, tests) shares the 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -87,6 +88,8 @@ def _build_session(settings: Settings) -> SparkSession:
                 .config("spark.hadoop.fs.s3a.path.style.access", "true")
                 .config("spark.hadoop.fs.s3a.endpoint.region", "us-east-1")
             )
+    # py4j logs every connection it closes at INFO, even from finalizers at interpreter exit
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
