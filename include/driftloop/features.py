@@ -84,9 +84,10 @@ class FeatureRunReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def asset_extra(self) -> dict:
+    def asset_extra(self, table_uri: str) -> dict:
         """The features Asset event's payload: which versions a consumer should pin."""
         return {
+            "table_uri": table_uri,
             "features_version": self.features_version,
             "bronze_version": self.bronze_version,
             "rows_merged": self.rows_merged,
