@@ -59,7 +59,8 @@ def test_delta_rs_writes_and_reads_a_table_on_the_object_store(s3: ObjectStore):
     table = DeltaTable(uri, storage_options=options)
     assert table.version() == 1
     assert sorted(query(table, "SELECT * FROM t").column("event_id").to_pylist()) == ["e1", "e2", "e3"]
-    assert query(DeltaTable(uri, version=0, storage_options=options), "SELECT * FROM t").equals(first)
+    at_version_0 = query(DeltaTable(uri, version=0, storage_options=options), "SELECT * FROM t")
+    assert at_version_0.to_pylist() == first.to_pylist()
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="lake/")["Contents"]]
     assert "lake/services_check/_delta_log/00000000000000000001.json" in keys
 
