@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 MAX_CATEGORIES = 200
+PRUNING_REPORT_EVERY = 10  # boosting rounds between intermediate values reported to the pruner
 
 
 class TrainingDataError(ValueError):
@@ -235,6 +236,10 @@ def _pruning_callback(trial: optuna.Trial) -> Callable:
     import optuna
 
     def callback(env: lgb.callback.CallbackEnv) -> None:
+        # every report is a write to the study's database: reporting each round made pruned
+        # studies slower than unpruned ones (100k rows: 8.0 s vs 3.7 s per trial)
+        if (env.iteration + 1) % PRUNING_REPORT_EVERY:
+            return
         for _, metric, value, _ in env.evaluation_result_list:
             if metric == "average_precision":
                 trial.report(value, env.iteration)
@@ -282,7 +287,7 @@ def tune(
         direction="maximize",
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20)
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=20)
         if use_pruning
         else optuna.pruners.NopPruner(),
     )
