@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["local", "kubernetes"]
@@ -76,6 +77,89 @@ class GateSettings(BaseModel):
     )
 
 
+class ServingSettings(BaseModel):
+    """How a model is served (DRIFTLOOP_SERVING__*); the service reads these at start-up."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_ref: str = Field(
+        "champion",
+        description="Registry alias or version number the service loads; resolved once at start-up.",
+    )
+    variant: Literal["stable", "canary"] = Field(
+        "stable", description="Which side of a rollout this server is; logged with every prediction."
+    )
+    host: str = Field("127.0.0.1", description="Interface local servers and the splitter bind to.")
+    splitter_port: int = Field(8600, ge=1, le=65535, description="Port of the local traffic splitter.")
+    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes per server.")
+    decision_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Score at or above which a prediction is a positive decision."
+    )
+    max_batch_rows: int = Field(1000, ge=1, description="Largest batch one request may carry.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies are refused (413).")
+    auth_token: SecretStr | None = Field(
+        None, description="Bearer token required on prediction endpoints; None: no auth (loopback only)."
+    )
+    log_flush_rows: int = Field(500, ge=1, description="Prediction-log buffer size that forces a write.")
+    log_flush_seconds: float = Field(2.0, gt=0, description="Longest a logged prediction waits in memory.")
+    log_buffer_limit: int = Field(
+        100_000,
+        ge=1,
+        description="Rows held while the lake is unreachable; beyond, rows are dropped (counted).",
+    )
+    image: str = Field(
+        "ghcr.io/driftloop/serving:0.1.0", description="Serving image (pinned tag) in the kubernetes profile."
+    )
+    namespace: str = Field("driftloop-serving", description="Namespace of the serving Deployments.")
+    gateway: str = Field("driftloop-gateway", description="Gateway API Gateway the HTTPRoute attaches to.")
+    hostname: str = Field("models.driftloop.internal", description="Host name the HTTPRoute answers.")
+
+
+class RolloutSettings(BaseModel):
+    """How a canary is stepped and judged (DRIFTLOOP_ROLLOUT__*)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: tuple[int, ...] = Field(
+        (10, 50, 100), description="Canary traffic weights in percent, strictly increasing, ending at 100."
+    )
+    analysis_interval_s: float = Field(60.0, gt=0, description="Length of one analysis window at each step.")
+    min_requests: int = Field(
+        200, ge=1, description="Canary requests a window needs before it can pass a step."
+    )
+    max_windows_per_step: int = Field(
+        5, ge=1, description="Windows without enough traffic before the step fails (never wait forever)."
+    )
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Canary error rate above this fails a step.")
+    max_latency_ratio: float = Field(
+        1.5, gt=1, description="Canary p99 latency above this multiple of stable's fails the step."
+    )
+    latency_slack_ms: float = Field(
+        5.0, ge=0, description="p99 differences below this many ms never fail a step (timer noise)."
+    )
+    max_score_psi: float = Field(
+        0.25, gt=0, description="PSI of the canary's score distribution against stable's above this fails."
+    )
+    min_labelled: int = Field(
+        50, ge=1, description="Labelled canary predictions needed before precision/recall are judged."
+    )
+    max_precision_drop: float = Field(
+        0.1, ge=0, le=1, description="Canary precision may trail stable's by at most this much."
+    )
+    max_recall_drop: float = Field(
+        0.1, ge=0, le=1, description="Canary recall may trail stable's by at most this much."
+    )
+
+    @model_validator(mode="after")
+    def _ladder_ends_at_full_traffic(self) -> RolloutSettings:
+        steps = self.steps
+        if not steps or steps[-1] != 100 or any(b <= a for a, b in pairwise(steps)):
+            raise ValueError(f"rollout steps must increase strictly and end at 100, got {list(steps)}")
+        if steps[0] <= 0:
+            raise ValueError("the first rollout step must send some traffic (> 0%) to the canary")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything that differs between runs, places and profiles."""
 
@@ -127,6 +211,11 @@ class Settings(BaseSettings):
     )
     training: TrainingSettings = TrainingSettings()
     gate: GateSettings = GateSettings()
+    serving: ServingSettings = ServingSettings()
+    rollout: RolloutSettings = RolloutSettings()
+    deploy_target: Literal["local", "kubernetes"] | None = Field(
+        None, description="Where models are rolled out. None: follows the profile."
+    )
 
     future_event_tolerance: timedelta = Field(
         timedelta(minutes=5),
@@ -170,6 +259,11 @@ class Settings(BaseSettings):
     @property
     def optuna_storage_url(self) -> str:
         return self.optuna_storage or f"sqlite:///{self.data_dir / 'optuna.db'}"
+
+    @property
+    def target(self) -> Profile:
+        """The deploy target in use: set explicitly, or the profile's own."""
+        return self.deploy_target or self.profile
 
     def table_uri(self, name: str) -> str:
         """URI of a Delta table in the lake, as Spark addresses it (s3a:// or a path)."""
