@@ -1,0 +1,111 @@
+"""The canary analysis: histogram quantiles, PSI and the step verdicts, on small exact inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from driftloop.config import RolloutSettings
+from driftloop.deploy.base import LATENCY_BUCKETS, SCORE_BUCKETS, MetricsSnapshot
+from driftloop.rollout import LabelledStats, WindowStats, histogram_quantile, judge, psi, window_stats
+
+RULES = RolloutSettings(min_requests=100, max_error_rate=0.02, max_latency_ratio=1.5, latency_slack_ms=5)
+
+
+def _cumulative(values: np.ndarray, bounds: tuple[float, ...]) -> dict[float, float]:
+    return {**{b: float((values <= b).sum()) for b in bounds}, math.inf: float(len(values))}
+
+
+def _window(requests=1000, errors=0, latency_s=None, scores=None) -> WindowStats:
+    rng = np.random.default_rng(7)
+    latency_s = rng.uniform(0.002, 0.004, int(requests)) if latency_s is None else latency_s
+    scores = rng.beta(1, 20, int(requests)) if scores is None else scores
+    return window_stats(
+        MetricsSnapshot(
+            "canary",
+            "2",
+            requests=requests,
+            errors=errors,
+            latency_buckets=_cumulative(latency_s, LATENCY_BUCKETS),
+            score_buckets=_cumulative(scores, SCORE_BUCKETS),
+        )
+    )
+
+
+def test_histogram_quantile_interpolates_within_the_bucket_like_promql():
+    values = np.linspace(0.0005, 0.0195, 1000)  # uniform over (0, 20 ms)
+    p99 = histogram_quantile(_cumulative(values, LATENCY_BUCKETS), 0.99)
+    assert p99 == pytest.approx(np.quantile(values, 0.99), abs=0.0015)
+    assert histogram_quantile({0.1: 0.0, math.inf: 0.0}, 0.99) is None
+    # everything beyond the last finite bound: the bound is the honest answer
+    assert histogram_quantile({0.1: 0.0, 2.5: 0.0, math.inf: 10.0}, 0.99) == 2.5
+
+
+def test_psi_is_zero_for_identical_and_large_for_disjoint_distributions():
+    same = (10.0, 20.0, 70.0)
+    assert psi(same, same) == pytest.approx(0.0)
+    assert psi(same, (70.0, 20.0, 10.0)) > 1.0
+    with pytest.raises(ValueError, match="empty"):
+        psi(same, (0.0, 0.0, 0.0))
+
+
+def test_a_step_waits_until_enough_canary_traffic_arrived():
+    verdict = judge(_window(requests=40), _window(), RULES)
+    assert verdict.outcome == "wait"
+    assert "40 of 100" in verdict.reasons[0]
+
+
+def test_errors_fail_a_step_before_the_minimum_traffic_when_the_budget_is_already_spent():
+    # 3 errors in 40 requests: even 60 clean requests would leave 3% > 2%
+    verdict = judge(_window(requests=40, errors=3), _window(), RULES)
+    assert verdict.outcome == "fail"
+    assert "error rate" in verdict.reasons[0]
+    assert judge(_window(requests=1000, errors=30), _window(), RULES).outcome == "fail"
+    assert judge(_window(requests=1000, errors=10), _window(), RULES).outcome == "pass"
+
+
+def test_a_slow_canary_fails_on_p99_but_timer_noise_does_not():
+    slow = _window(latency_s=np.full(1000, 0.04))
+    verdict = judge(slow, _window(), RULES)
+    assert verdict.outcome == "fail"
+    assert "p99 latency" in verdict.reasons[0]
+    slightly_slower = _window(latency_s=np.full(1000, 0.006))  # 2× a 3-4 ms stable, within 5 ms slack
+    assert judge(slightly_slower, _window(), RULES).outcome == "pass"
+
+
+def test_garbage_scores_fail_on_the_score_distribution():
+    garbage = _window(scores=np.random.default_rng(1).uniform(0, 1, 1000))
+    verdict = judge(garbage, _window(), RULES)
+    assert verdict.outcome == "fail"
+    assert "PSI" in verdict.reasons[0]
+    assert verdict.metrics["score_psi"] > RULES.max_score_psi
+
+
+def test_online_precision_and_recall_count_once_enough_labels_arrived():
+    good = LabelledStats(labelled=500, precision=0.8, recall=0.7)
+    worse = LabelledStats(labelled=500, precision=0.5, recall=0.68)
+    verdict = judge(_window(), _window(), RULES, {"stable": good, "canary": worse})
+    assert verdict.outcome == "fail"
+    assert "precision" in verdict.reasons[0]
+    too_few = LabelledStats(labelled=10, precision=0.0, recall=0.0)
+    assert judge(_window(), _window(), RULES, {"stable": good, "canary": too_few}).outcome == "pass"
+
+
+def test_without_a_stable_window_only_the_canary_own_checks_apply():
+    assert judge(_window(), None, RULES).outcome == "pass"
+
+
+def test_snapshot_difference_resets_when_a_server_restarted():
+    later = MetricsSnapshot("canary", "2", requests=5, errors=0)
+    earlier = MetricsSnapshot("canary", "2", requests=50, errors=1)
+    assert later.minus(earlier) == later
+    assert MetricsSnapshot("canary", "2", requests=80, errors=3).minus(earlier).requests == 30
+
+
+@pytest.mark.parametrize("steps", [(), (10, 50), (50, 10, 100), (0, 100), (10, 10, 100)])
+def test_the_weight_ladder_must_increase_and_end_at_full_traffic(steps):
+    with pytest.raises(ValidationError):
+        RolloutSettings(steps=steps)
