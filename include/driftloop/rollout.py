@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -360,10 +361,16 @@ class StepPlan:
 
     record: RolloutRecord
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    window: int = 0
 
     @property
     def done(self) -> bool:
         return self.record.terminal
+
+    @property
+    def since(self) -> datetime:
+        """Labelled predictions count from the rollout's start."""
+        return datetime.fromisoformat(self.record.details.get("since") or self.record.at.isoformat())
 
 
 def snapshot_to_dict(snapshot: MetricsSnapshot) -> dict[str, Any]:
@@ -471,7 +478,12 @@ class Rollout:
             actor,
             step=step,
             weight=weight,
-            detail={"baselines": baselines, "window": 0, "stable_reference": reference},
+            detail={
+                "baselines": baselines,
+                "window": 0,
+                "stable_reference": reference,
+                "since": state.details.get("since") or state.at.isoformat(),
+            },
         )
         return StepPlan(record, baselines)
 
@@ -532,6 +544,73 @@ class Rollout:
         ):
             detail["stable_reference"] = verdict.metrics["stable_window"]
         return self._record(state, "window", actor, detail=detail)
+
+    def handle_command(self, command: str, actor: str, reason: str | None) -> StepPlan:
+        """Carry out an operator's promote/abort recorded for this rollout."""
+        if command == "abort_requested":
+            return StepPlan(self.roll_back(actor, [f"aborted by {actor}: {reason or 'no reason given'}"]))
+        if command == "promote_requested":
+            return StepPlan(self.promote(actor, f"promoted by {actor}: {reason or 'no reason given'}"))
+        raise RolloutError(f"unknown rollout command {command!r}")
+
+    def handle_window(self, verdict: Verdict, window: int, actor: str) -> StepPlan:
+        """Record a window's verdict and take the consequence: next window, next step, promote, roll back."""
+        state = self.store.state(self.rollout_id)
+        if state is None:
+            raise RolloutError(f"rollout {self.rollout_id} has no recorded state")
+        if state.terminal:
+            return StepPlan(state)
+        state = self.record_window(state, verdict, window, actor)
+        log.info(
+            "rollout.window",
+            rollout_id=self.rollout_id,
+            step=state.step,
+            weight=state.weight,
+            window=window,
+            outcome=verdict.outcome,
+            reasons=list(verdict.reasons),
+            metrics={k: v for k, v in verdict.metrics.items() if k != "stable_window"},
+        )
+        if verdict.outcome == "fail":
+            return StepPlan(self.roll_back(actor, list(verdict.reasons), verdict.metrics))
+        if verdict.outcome == "wait":
+            if window + 1 >= self.rules.max_windows_per_step:
+                reason = (
+                    f"step {state.step} ({state.weight}%) saw too little canary traffic in "
+                    f"{window + 1} windows: {'; '.join(verdict.reasons)}"
+                )
+                return StepPlan(self.roll_back(actor, [reason], verdict.metrics))
+            return StepPlan(state, state.details["baselines"], window + 1)
+        return self.after_pass(state, actor)
+
+    def drive(
+        self,
+        version: str,
+        actor: str,
+        *,
+        on_window: Callable[[RolloutRecord, Verdict, int], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_s: float = 1.0,
+    ) -> RolloutRecord:
+        """Run the whole rollout in this process (the CLI and demo; Airflow defers between windows)."""
+        self.start(version, actor)
+        plan = self.resume(actor)
+        while not plan.done:
+            deadline = time.monotonic() + self.rules.analysis_interval_s
+            command = None
+            while (remaining := deadline - time.monotonic()) > 0:
+                command = self.store.command(self.rollout_id)
+                if command is not None:
+                    break
+                sleep(min(poll_s, remaining))
+            if command is not None:
+                plan = self.handle_command(command.phase, command.actor, command.details.get("reason"))
+                break
+            verdict = self.analyse(plan.baselines, plan.since)
+            if on_window is not None:
+                on_window(plan.record, verdict, plan.window)
+            plan = self.handle_window(verdict, plan.window, actor)
+        return plan.record
 
     def _stable_reference(self, state: RolloutRecord) -> dict[str, Any] | None:
         return state.details.get("stable_reference")

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 # how often the trigger looks for operator commands while a window runs
@@ -136,67 +135,42 @@ class CanaryRolloutOperator(BaseOperator):
         return self._continue(rollout.resume(self.actor))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        from driftloop.rollout import StepPlan, Verdict
+        from driftloop.rollout import Verdict
 
         rollout = _rollout(self.rollout_id)
-        state = rollout.store.state(self.rollout_id)
-        if state is None:
-            raise AirflowFailException(f"rollout {self.rollout_id} has no recorded state")
-        if state.terminal:
-            return self._result(state)
-        command = event.get("command")
-        if command == "abort_requested":
-            reason = f"aborted by {event.get('actor')}: {event.get('reason') or 'no reason given'}"
-            return self._result(rollout.roll_back(self.actor, [reason]))
-        if command == "promote_requested":
-            reason = f"promoted by {event.get('actor')}: {event.get('reason') or 'no reason given'}"
-            return self._result(rollout.promote(self.actor, reason))
-
+        if event.get("command"):
+            return self._continue(
+                rollout.handle_command(event["command"], event.get("actor"), event.get("reason"))
+            )
         verdict = Verdict(**{**event["verdict"], "reasons": tuple(event["verdict"]["reasons"])})
         window = int(event.get("window", 0))
-        state = rollout.record_window(state, verdict, window, self.actor)
         self.log.info(
-            "step %d (%d%%) window %d: %s — %s | %s",
-            state.step,
-            state.weight,
+            "window %d: %s — %s | %s",
             window,
             verdict.outcome.upper(),
             "; ".join(verdict.reasons) or "all checks passed",
-            verdict.metrics,
+            {k: v for k, v in verdict.metrics.items() if k != "stable_window"},
         )
-        if verdict.outcome == "fail":
-            return self._result(rollout.roll_back(self.actor, list(verdict.reasons), verdict.metrics))
-        if verdict.outcome == "wait":
-            if window + 1 >= rollout.rules.max_windows_per_step:
-                reason = (
-                    f"step {state.step} ({state.weight}%) saw too little canary traffic in "
-                    f"{window + 1} windows: {'; '.join(verdict.reasons)}"
-                )
-                return self._result(rollout.roll_back(self.actor, [reason], verdict.metrics))
-            baselines = state.details["baselines"]
-            return self._continue(StepPlan(state, baselines), window=window + 1)
-        return self._continue(rollout.after_pass(state, self.actor))
+        return self._continue(rollout.handle_window(verdict, window, self.actor))
 
-    def _continue(self, plan: Any, window: int = 0) -> dict[str, Any]:
+    def _continue(self, plan: Any) -> dict[str, Any]:
         if plan.done:
             return self._result(plan.record)
-        rollout = _rollout(self.rollout_id)
-        started = next(r for r in rollout.store.records(self.rollout_id) if r.phase == "started")
-        interval = rollout.rules.analysis_interval_s
+        interval = _rollout(self.rollout_id).rules.analysis_interval_s
         self.log.info(
             "step %d: canary at %d%%, analysing %.0f s (window %d)",
             plan.record.step,
             plan.record.weight,
             interval,
-            window,
+            plan.window,
         )
         self.defer(
             trigger=CanaryAnalysisTrigger(
                 rollout_id=self.rollout_id,
                 step=plan.record.step,
-                window=window,
+                window=plan.window,
                 baselines=plan.baselines or plan.record.details["baselines"],
-                since=started.at.astimezone(UTC).isoformat(),
+                since=plan.since.isoformat(),
                 interval_s=interval,
             ),
             method_name="execute_complete",

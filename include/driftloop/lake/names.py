@@ -14,5 +14,7 @@ FEATURES = "features"
 def delta_rs_uri(uri: str) -> str:
     """delta-rs and pyarrow speak s3://, Spark's Hadoop connector s3a://: same object."""
     return "s3://" + uri.removeprefix("s3a://") if uri.startswith("s3a://") else uri
+
+
 PREDICTION_LOG = "prediction_log"
 ROLLOUTS = "rollouts"
