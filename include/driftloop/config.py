@@ -113,6 +113,11 @@ class ServingSettings(BaseModel):
     namespace: str = Field("driftloop-serving", description="Namespace of the serving Deployments.")
     gateway: str = Field("driftloop-gateway", description="Gateway API Gateway the HTTPRoute attaches to.")
     hostname: str = Field("models.driftloop.internal", description="Host name the HTTPRoute answers.")
+    prometheus_url: str | None = Field(
+        None,
+        description="Prometheus HTTP API the kubernetes target reads serving metrics from "
+        "(e.g. http://prometheus.monitoring:9090); None: metrics() refuses with what to set.",
+    )
 
 
 class RolloutSettings(BaseModel):
