@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from driftloop.deploy.base import (
     LATENCY_SECONDS,
@@ -67,6 +67,10 @@ ROUTE_SCHEME = "https"
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class _WriteConflict(DeployError):
+    """HTTP 409: another writer changed the object since it was read."""
 
 
 def object_name(variant: Variant) -> str:
@@ -591,7 +595,8 @@ class KubernetesTarget(DeployTarget):
                 415: "the API server refused the patch type",
                 422: "the API server rejected the object as invalid",
             }.get(exc.status or 0, "see the API server's message")
-            raise DeployError(
+            error = _WriteConflict if exc.status == 409 else DeployError
+            raise error(
                 f"{what} in namespace {self.namespace} failed: HTTP {exc.status} {exc.reason} ({hint}): "
                 f"{(exc.body or '')[:500]}"
             ) from exc
@@ -602,14 +607,12 @@ class KubernetesTarget(DeployTarget):
                 "configuration and network access to the API server"
             ) from exc
 
-    def _read(self, kind: str, name: str) -> dict[str, Any] | None:
+    def _read(self, kind: Literal["Deployment", "HTTPRoute"], name: str) -> dict[str, Any] | None:
+        """The object as the API serves it (a camelCase dict), or None when it does not exist."""
         from kubernetes import client
 
-        read = {
-            "Deployment": client.AppsV1Api(self.api_client).read_namespaced_deployment,
-        }
         if kind == "HTTPRoute":
-            found = self._call(
+            return self._call(
                 f"reading HTTPRoute {name}",
                 client.CustomObjectsApi(self.api_client).get_namespaced_custom_object,
                 GATEWAY_GROUP,
@@ -618,8 +621,12 @@ class KubernetesTarget(DeployTarget):
                 HTTPROUTES,
                 name,
             )
-            return found
-        found = self._call(f"reading {kind} {name}", read[kind], name, self.namespace)
+        found = self._call(
+            f"reading Deployment {name}",
+            client.AppsV1Api(self.api_client).read_namespaced_deployment,
+            name,
+            self.namespace,
+        )
         return None if found is None else self.api_client.sanitize_for_serialization(found)
 
     def _apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -670,8 +677,9 @@ class KubernetesTarget(DeployTarget):
         model_version = check_label_value(str(model_version), "model version")
         name = object_name(variant)
         current = self._read("Deployment", name)
-        # The HPA owns the replica count once the Deployment exists: re-send what it chose (so
-        # SSA neither resets it nor takes it from a scaled-up variant), clamped to the shape.
+        # Once the Deployment exists the HPA decides the replica count: re-send what it chose, so
+        # the apply changes nothing there (leaving the field out would let SSA reset it to the
+        # default of 1 whenever driftloop is still its only owner).
         replicas = self.shape.min_replicas
         if current is not None:
             replicas = min(
@@ -776,8 +784,8 @@ class KubernetesTarget(DeployTarget):
                     _content_type=MERGE_PATCH,
                 )
                 return
-            except DeployError as exc:
-                if "HTTP 409" not in str(exc) or attempt == 2:
+            except _WriteConflict:
+                if attempt == 2:
                     raise
 
     def remove(self, variant: Variant) -> None:
