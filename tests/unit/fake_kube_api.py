@@ -93,6 +93,7 @@ class FakeKubeApi:
     merge_conflicts: int = 0  # answer this many merge patches with 409 before accepting
     prometheus: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # PromQL → result
     deny: set[str] = field(default_factory=set)  # writes to paths containing these get 403 (RBAC)
+    dangling_backends: list[str] = field(default_factory=list)  # see _check_backends
     _reads: dict[str, int] = field(default_factory=dict)
     _static: set[str] = field(default_factory=set)  # put() objects: status as given
     _version: int = 100
@@ -215,6 +216,7 @@ class FakeKubeApi:
                 400, "BadRequest", "apply body must carry apiVersion, kind and the path's name"
             )
         current = self.objects.get(request.path)
+        changed = True
         if current is None:
             obj = copy.deepcopy(body)
             meta = obj["metadata"]
@@ -232,11 +234,12 @@ class FakeKubeApi:
             code = 200
         obj["metadata"]["resourceVersion"] = self._next_version()
         obj["metadata"]["managedFields"] = [{"manager": managers[0], "operation": "Apply"}]
-        if obj.get("kind") == "Deployment":
+        if obj.get("kind") == "Deployment" and (current is None or changed):
             obj.setdefault("status", {})
-            self._reads[request.path] = 0
+            self._reads[request.path] = 0  # a new generation rolls out; an unchanged one stays
             self._static.discard(request.path)
         self.objects[request.path] = obj
+        self._check_backends(obj)
         return code, obj
 
     def _merge_patch(self, request: Recorded) -> tuple[int, Any]:
@@ -257,7 +260,18 @@ class FakeKubeApi:
         patched = _merge(current, request.body)
         patched["metadata"]["resourceVersion"] = self._next_version()
         self.objects[request.path] = patched
+        self._check_backends(patched)
         return 200, patched
+
+    def _check_backends(self, obj: dict[str, Any]) -> None:
+        """Record route writes whose backendRefs name a Service that does not exist (yet)."""
+        if obj.get("kind") != "HTTPRoute":
+            return
+        namespace = obj["metadata"].get("namespace")
+        for rule in obj.get("spec", {}).get("rules", []):
+            for ref in rule.get("backendRefs", []):
+                if f"/api/v1/namespaces/{namespace}/services/{ref['name']}" not in self.objects:
+                    self.dangling_backends.append(f"{ref['name']} (weight {ref.get('weight', 1)})")
 
     def _progress(self, path: str, obj: dict[str, Any]) -> None:
         """Advance a Deployment's status by one read according to the rollout plan."""

@@ -722,6 +722,74 @@ def test_typed_reads_see_what_was_applied(fake: FakeKubeApi) -> None:
     assert deployment.spec.template.spec.containers[0].security_context.read_only_root_filesystem is True
 
 
+def test_deploy_is_idempotent(fake: FakeKubeApi) -> None:
+    target = _target(fake)
+    target.deploy("stable", "7")
+    first = [w.body for w in fake.writes()]
+    fake.clear()
+    target.deploy("stable", "7")
+    assert [w.body for w in fake.writes()] == first
+    reads = [r for r in fake.requests if r.method == "GET" and r.path == f"{DEPLOYMENTS}/model-stable"]
+    assert len(reads) == 2  # before the apply, and one look that finds it rolled out
+    assert fake.objects[f"{DEPLOYMENTS}/model-stable"]["metadata"]["generation"] == 1
+
+
+@pytest.mark.parametrize("variant", ["blue", "", "Stable"])
+def test_unknown_variants_are_refused(fake: FakeKubeApi, variant: Any) -> None:
+    target = _target(fake)
+    with pytest.raises(DeployError, match="unknown variant"):
+        target.deploy(variant, "7")
+    with pytest.raises(DeployError, match="unknown variant"):
+        target.remove(variant)
+    assert fake.requests == []
+
+
+def test_weight_zero_without_a_route_is_a_no_op(fake: FakeKubeApi) -> None:
+    fake.put(f"{DEPLOYMENTS}/model-stable", _ready_deployment("stable", "7"))
+    _target(fake).set_canary_weight(0)
+    assert fake.writes() == []
+
+
+def test_a_promotion_as_the_rollout_drives_it(fake: FakeKubeApi) -> None:
+    """The call sequence of driftloop.rollout: first champion, canary ladder, promotion."""
+    target = _target(fake)
+    target.deploy("stable", "7")  # resolve_release: the first champion
+    target.set_canary_weight(0)  # start(): no traffic to a canary being replaced
+    target.deploy("canary", "8")
+    for weight in (10, 50, 100):
+        target.set_canary_weight(weight)
+        assert target.status().canary_weight == weight
+    target.set_canary_weight(100)  # promote(): new stable while the canary serves everything
+    target.deploy("stable", "8")
+    target.set_canary_weight(0)
+    target.remove("canary")
+
+    status = target.status()
+    assert (status.variants["stable"].model_version, status.variants["stable"].weight) == ("8", 100)
+    assert status.variants["stable"].ready
+    assert (status.variants["canary"].model_version, status.variants["canary"].weight) == (None, 0)
+    assert route_weights(fake.objects[ROUTE]) == {"stable": 100, "canary": 0}
+    # never did the route name a Service that was not there
+    assert fake.dangling_backends == []
+    # the canary Deployment never changed version mid-flight; stable rolled once, to 8
+    stable = fake.objects[f"{DEPLOYMENTS}/model-stable"]
+    assert stable["metadata"]["generation"] == 2
+    assert f"{DEPLOYMENTS}/model-canary" not in fake.objects
+
+
+def test_a_rollback_as_the_rollout_drives_it(fake: FakeKubeApi) -> None:
+    target = _target(fake)
+    target.deploy("stable", "7")
+    target.deploy("canary", "8")
+    target.set_canary_weight(10)
+    target.set_canary_weight(0)  # roll_back()
+    target.remove("canary")
+    target.remove("canary")  # a retried task: still fine
+    status = target.status()
+    assert (status.variants["stable"].model_version, status.canary_weight) == ("7", 0)
+    assert fake.dangling_backends == []
+
+
 # --------------------------------------------------------------------------- metrics ----
 
 
