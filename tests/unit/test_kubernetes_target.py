@@ -46,9 +46,9 @@ from tests.unit.fake_kube_api import APPLY, MERGE, FakeKubeApi, RolloutPlan
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS_BIN = Path(os.environ.get("DRIFTLOOP_TOOLS_BIN", REPO / ".venv-tools" / "bin"))
-# Oldest and newest Kubernetes minor we render for (matchLabelKeys and
-# unhealthyPodEvictionPolicy need 1.27+; 1.33 is the oldest upstream-supported release).
-K8S_VERSIONS = ("1.33.0", kubernetes_validate.utils.latest_version() + ".0")
+# Pinned: the oldest Kubernetes minor we support (1.33; matchLabelKeys and
+# unhealthyPodEvictionPolicy need 1.27+) and the newest kubernetes-validate 1.37 ships.
+K8S_VERSIONS = ("1.33.0", "1.37.0")
 NS = "driftloop-serving"
 TOKEN = "s3cr3t-bearer-token-never-rendered"
 
