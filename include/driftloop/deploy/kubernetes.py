@@ -12,7 +12,9 @@ a Gateway implementation really splits traffic by these weights, that the image 
 read-only, non-root security context, that the HPA's CPU metric exists (metrics-server), that the
 Prometheus in the cluster scrapes the pods with a ``namespace`` label, and that the serving Role
 (terraform ``airflow-rollout``) grants what this module needs (it also needs
-``horizontalpodautoscalers`` and ``poddisruptionbudgets``).
+``horizontalpodautoscalers`` and ``poddisruptionbudgets``). The fake API server in the tests
+models the wire protocol (paths, patch types, query flags, the resourceVersion precondition of a
+merge patch, 404/409/403/415), not server-side apply's field merging or admission.
 """
 
 from __future__ import annotations
