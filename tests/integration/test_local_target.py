@@ -1,11 +1,13 @@
-"""The local deploy target on loopback: real nginx, real server processes, real concurrent traffic.
+"""The local deploy target on loopback: real nginx, real BentoML servers, real concurrent traffic.
 
-Weights spread requests as configured, reloads and version swaps under load lose nothing, the
-state is shared across processes, and a canary with traffic cannot be removed.
+Weights spread requests as configured, weight changes and version swaps under load lose nothing,
+the state is shared across processes, and a canary with traffic cannot be removed. The splitter's
+own mechanics (validation, restarts, retired servers killed outright) run against tiny servers.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -25,12 +27,15 @@ import psutil
 import pytest
 
 from driftloop.config import Settings, get_settings
+from driftloop.dataset import load_dataset_spec
 from driftloop.deploy.base import DeployError
 from driftloop.deploy.local import LocalTarget
 from driftloop.deploy.nginx import nginx_binary
 from driftloop.processes import free_port
+from tests.models import ModelVersions, model_versions, request_rows  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
+ROWS = request_rows(load_dataset_spec(), 100, seed=21)
 
 # A minimal model server: answers /predict with who it is (after the delay the body asks for, so
 # requests are in flight during reloads), /readyz, and /metrics in the serving processes' names.
@@ -127,6 +132,44 @@ def _nginx_installed() -> None:
     nginx_binary()  # raises with "run `make services`" when nginx is missing
 
 
+@dataclass(frozen=True)
+class BentoDeployment:
+    """The shared target and the two registered versions it serves (both answer 200)."""
+
+    target: LocalTarget
+    good: str
+    garbage: str
+
+
+@pytest.fixture(scope="module")
+def bento(model_versions: ModelVersions, tmp_path_factory) -> Iterator[BentoDeployment]:  # noqa: F811
+    """A LocalTarget over real BentoML servers, shared by the module (a server takes 20-60 s to start).
+
+    The environment carries the same settings, so other processes operate the same deployment.
+    Stops nginx and every server afterwards.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DRIFTLOOP_DATA_DIR", str(tmp_path_factory.mktemp("local-target") / "data"))
+        patch.setenv("DRIFTLOOP_MLFLOW_TRACKING_URI", model_versions.settings.tracking_uri)
+        patch.setenv("DRIFTLOOP_SERVING__SPLITTER_PORT", str(free_port()))
+        get_settings.cache_clear()
+        deployed = LocalTarget(Settings())
+        try:
+            yield BentoDeployment(deployed, model_versions.good, model_versions.garbage)
+        finally:
+            deployed.stop_all()
+            get_settings.cache_clear()
+        assert not deployed.splitter_running()
+
+
+def _stable_and_canary(bento: BentoDeployment, canary_weight: int = 0) -> None:
+    """Good version as stable, garbage as canary (deploy is a no-op for a server already running)."""
+    bento.target.set_canary_weight(0)
+    bento.target.deploy("stable", bento.good)
+    bento.target.deploy("canary", bento.garbage)
+    bento.target.set_canary_weight(canary_weight)
+
+
 @pytest.fixture
 def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Settings with a fresh data folder and a free splitter port, also seen by child processes."""
@@ -138,7 +181,7 @@ def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 @pytest.fixture
-def target(local_settings: Settings) -> Iterator[LocalTarget]:
+def tiny_target(local_settings: Settings) -> Iterator[LocalTarget]:
     """A LocalTarget over tiny servers; stops nginx and every server afterwards."""
     deployed = LocalTarget(local_settings, launcher=TinyLauncher())
     try:
@@ -162,8 +205,9 @@ class LoadResult:
 class Load:
     """Concurrent clients posting through the splitter on keep-alive connections until stopped."""
 
-    def __init__(self, endpoint: str, clients: int = 6) -> None:
+    def __init__(self, endpoint: str, bodies: list[dict[str, Any]], clients: int = 6) -> None:
         self.endpoint = endpoint
+        self.bodies = bodies
         self.result = LoadResult()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -171,9 +215,11 @@ class Load:
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.endpoint, timeout=30.0) as client:
-            while not self._stop.is_set():
+            for i in itertools.count():
+                if self._stop.is_set():
+                    break
                 try:
-                    response = client.post("/predict", json={"amount": 1.0, "delay_s": 0.01})
+                    response = client.post("/predict", json=self.bodies[i % len(self.bodies)])
                 except httpx.HTTPError as error:
                     with self._lock:
                         self.result.failures.append(f"{type(error).__name__}: {error}")
@@ -203,123 +249,171 @@ class Load:
             time.sleep(0.01)
 
 
-def _share(target: LocalTarget, requests: int) -> Counter[str]:
+def _share(endpoint: str, requests: int) -> Counter[str]:
+    """Which variant answered each of ``requests`` sequential predictions through the splitter."""
     served: Counter[str] = Counter()
-    with httpx.Client(base_url=target.endpoint, timeout=10.0) as client:
-        for _ in range(requests):
-            response = client.post("/predict", json={"amount": 1.0})
+    with httpx.Client(base_url=endpoint, timeout=10.0) as client:
+        for i in range(requests):
+            response = client.post("/predict", json=ROWS[i % len(ROWS)])
             assert response.status_code == 200, response.text
             served[response.json()["variant"]] += 1
     return served
 
 
-def test_requests_spread_according_to_weights(target: LocalTarget) -> None:
-    target.deploy("stable", "1")
-    target.deploy("canary", "2")
-    assert _share(target, 200) == {"stable": 200}  # a deployed canary at weight 0 gets nothing
+# --- real BentoML servers ------------------------------------------------------------------------
 
-    target.set_canary_weight(10)
-    served = _share(target, 2000)
+
+@pytest.mark.slow
+def test_requests_spread_according_to_weights(bento: BentoDeployment) -> None:
+    _stable_and_canary(bento)
+    assert _share(bento.target.endpoint, 100) == {"stable": 100}  # a canary at weight 0 gets nothing
+
+    bento.target.set_canary_weight(10)
+    served = _share(bento.target.endpoint, 2000)
     # nginx's smooth weighted round-robin: within ±3 percentage points (in practice exact)
     assert abs(served["canary"] / 2000 - 0.10) <= 0.03, served
 
-    target.set_canary_weight(50)
-    served = _share(target, 1000)
-    assert abs(served["canary"] / 1000 - 0.50) <= 0.03, served
+    bento.target.set_canary_weight(50)
+    served = _share(bento.target.endpoint, 500)
+    assert abs(served["canary"] / 500 - 0.50) <= 0.03, served
 
-    target.set_canary_weight(100)
-    assert _share(target, 200) == {"canary": 200}
+    bento.target.set_canary_weight(100)
+    assert _share(bento.target.endpoint, 100) == {"canary": 100}
 
-
-def test_weight_changes_and_a_version_swap_under_load_lose_no_request(target: LocalTarget) -> None:
-    target.deploy("stable", "1")
-    target.deploy("canary", "2")
-    with Load(target.endpoint) as load:
-        load.wait_for(200)
-        for weight in (10, 50, 100, 0):
-            target.set_canary_weight(weight)
-            load.wait_for(200)
-        target.deploy("stable", "3")  # a new server takes over, the old one is killed
-        load.wait_for(200)
-        target.remove("canary")
-        load.wait_for(200)
-    result = load.result
-    assert result.failures == []
-    assert dict(result.statuses) == {200: result.total}
-    assert result.total >= 1400
-    assert {"stable 1", "canary 2", "stable 3"} <= set(result.served_by)
-    status = target.status()
-    assert status.variants["stable"].model_version == "3"
-    assert "canary" not in status.variants
+    # what the servers counted agrees with what the clients saw
+    status = bento.target.status()
+    assert {v.variant: (v.model_version, v.weight, v.ready) for v in status.variants.values()} == {
+        "stable": (bento.good, 0, True),
+        "canary": (bento.garbage, 100, True),
+    }
 
 
-def test_state_is_shared_with_another_process(target: LocalTarget, local_settings: Settings) -> None:
-    target.deploy("stable", "1")
-    target.deploy("canary", "2")
+@pytest.mark.slow
+def test_state_is_shared_with_another_process(bento: BentoDeployment) -> None:
+    _stable_and_canary(bento)
+    before = bento.target.metrics("canary")
     # an Airflow task in another process moves the weight and reads what this one deployed
     script = textwrap.dedent(
         """
         import json
         from driftloop.config import Settings
         from driftloop.deploy.local import LocalTarget
-        from tests.integration.test_local_target import TinyLauncher
 
-        other = LocalTarget(Settings(), launcher=TinyLauncher())
+        other = LocalTarget(Settings())
         other.set_canary_weight(25)
         status = other.status()
         print(json.dumps({name: [v.model_version, v.weight, v.ready] for name, v in status.variants.items()}))
         """
     )
     output = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
     ).stdout
     assert json.loads(output.strip().splitlines()[-1]) == {
-        "stable": ["1", 75, True],
-        "canary": ["2", 25, True],
+        "stable": [bento.good, 75, True],
+        "canary": [bento.garbage, 25, True],
     }
-    # and a fresh instance here sees the change, with nginx already routing by it
-    fresh = LocalTarget(local_settings, launcher=TinyLauncher())
+    # a fresh instance here sees the change, with nginx already routing by it
+    fresh = LocalTarget(Settings())
     assert fresh.status().canary_weight == 25
-    assert abs(_share(fresh, 400)["canary"] / 400 - 0.25) <= 0.03
-    assert fresh.metrics("canary").requests >= 90
+    assert abs(_share(fresh.endpoint, 400)["canary"] / 400 - 0.25) <= 0.03
+    counted = fresh.metrics("canary").minus(before)
+    assert counted.model_version == bento.garbage
+    assert (counted.requests, counted.errors, counted.predictions) == (100.0, 0.0, 100.0)
 
 
-def test_remove_refuses_a_canary_that_still_gets_traffic(target: LocalTarget) -> None:
-    target.deploy("stable", "1")
-    target.deploy("canary", "2")
-    target.set_canary_weight(10)
+@pytest.mark.slow
+def test_remove_refuses_a_canary_that_still_gets_traffic(bento: BentoDeployment) -> None:
+    _stable_and_canary(bento, canary_weight=10)
     with pytest.raises(DeployError, match=r"still receives 10% of traffic; call set_canary_weight\(0\)"):
-        target.remove("canary")
-    assert target.status().variants["canary"].ready
+        bento.target.remove("canary")
+    assert bento.target.status().variants["canary"].ready
+    with pytest.raises(
+        DeployError, match=r"stable .* still receives 90% of traffic; call set_canary_weight\(100\)"
+    ):
+        bento.target.remove("stable")
 
-    target.set_canary_weight(0)
-    target.remove("canary")
-    target.remove("canary")  # a no-op the second time
-    assert set(target.status().variants) == {"stable"}
+    bento.target.set_canary_weight(0)
+    bento.target.remove("canary")
+    bento.target.remove("canary")  # a no-op the second time
+    assert set(bento.target.status().variants) == {"stable"}
+    assert _share(bento.target.endpoint, 20) == {"stable": 20}
 
 
-def test_weights_need_the_variants_they_route_to(target: LocalTarget) -> None:
+@pytest.mark.slow
+def test_weight_changes_and_a_stable_swap_under_load_lose_no_request(bento: BentoDeployment) -> None:
+    _stable_and_canary(bento)
+    with Load(bento.target.endpoint, ROWS, clients=4) as load:
+        load.wait_for(100)
+        for weight in (10, 50, 100, 0):
+            bento.target.set_canary_weight(weight)
+            load.wait_for(100)
+        # a new stable server takes over, the old one stops once nothing routes to it
+        bento.target.deploy("stable", bento.garbage)
+        load.wait_for(100)
+        bento.target.remove("canary")
+        load.wait_for(100)
+    result = load.result
+    assert result.failures == []
+    assert dict(result.statuses) == {200: result.total}
+    assert result.total >= 700
+    assert {
+        f"stable {bento.good}",
+        f"canary {bento.garbage}",
+        f"stable {bento.garbage}",
+    } <= set(result.served_by)
+    status = bento.target.status()
+    assert status.variants["stable"].model_version == bento.garbage
+    assert "canary" not in status.variants
+
+
+# --- the splitter's mechanics, over tiny servers -----------------------------------------------
+
+
+def test_retired_servers_get_no_traffic_even_when_killed_outright(tiny_target: LocalTarget) -> None:
+    # TinyLauncher stops with SIGKILL: a request still routed to a retired server would fail
+    tiny_target.deploy("stable", "1")
+    tiny_target.deploy("canary", "2")
+    bodies = [{"delay_s": 0.01}]  # every request is in flight for a while
+    with Load(tiny_target.endpoint, bodies) as load:
+        load.wait_for(200)
+        for weight in (10, 50, 100, 0):
+            tiny_target.set_canary_weight(weight)
+            load.wait_for(200)
+        tiny_target.deploy("stable", "3")
+        load.wait_for(200)
+        tiny_target.remove("canary")
+        load.wait_for(200)
+    result = load.result
+    assert result.failures == []
+    assert dict(result.statuses) == {200: result.total}
+    assert {"stable 1", "canary 2", "stable 3"} <= set(result.served_by)
+
+
+def test_weights_need_the_variants_they_route_to(tiny_target: LocalTarget) -> None:
     with pytest.raises(DeployError, match="none is deployed"):
-        target.set_canary_weight(10)
-    target.set_canary_weight(0)  # nothing to route: allowed, and nginx is not started yet
-    assert not target.splitter_running()
+        tiny_target.set_canary_weight(10)
+    tiny_target.set_canary_weight(0)  # nothing to route: allowed, and nginx is not started yet
+    assert not tiny_target.splitter_running()
     with pytest.raises(DeployError, match="integer percentage"):
-        target.set_canary_weight(101)
+        tiny_target.set_canary_weight(101)
+    tiny_target.deploy("canary", "2")
+    with pytest.raises(DeployError, match=r"cannot send 50% of traffic to stable"):
+        tiny_target.set_canary_weight(50)
 
 
-def test_redeploying_the_same_version_is_a_no_op(target: LocalTarget) -> None:
-    target.deploy("stable", "1")
-    before = target.status().variants["stable"].endpoint
-    target.deploy("stable", "1")
-    assert target.status().variants["stable"].endpoint == before
+def test_redeploying_the_same_version_is_a_no_op(tiny_target: LocalTarget) -> None:
+    tiny_target.deploy("stable", "1")
+    before = tiny_target.status().variants["stable"].endpoint
+    tiny_target.deploy("stable", "1")
+    assert tiny_target.status().variants["stable"].endpoint == before
 
 
-def test_a_dead_splitter_is_restarted_by_the_next_change(target: LocalTarget) -> None:
-    target.deploy("stable", "1")
-    pid = target.splitter.pid()
+def test_a_dead_splitter_is_restarted_by_the_next_change(tiny_target: LocalTarget) -> None:
+    tiny_target.deploy("stable", "1")
+    pid = tiny_target.splitter.pid()
     assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)  # its workers live on, holding the port: they are cleared too
     psutil.wait_procs([psutil.Process(pid)], timeout=10)
-    target.deploy("stable", "1")
-    assert target.splitter_running()
-    assert _share(target, 10) == {"stable": 10}
+    tiny_target.deploy("stable", "1")
+    assert tiny_target.splitter_running()
+    assert _share(tiny_target.endpoint, 10) == {"stable": 10}

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,22 +71,12 @@ class BentoLauncher:
         from driftloop.servers import start_server
 
         handle = start_server(settings, variant=variant, model_ref=model_version, port=port, bento=self.bento)
-        return _as_dict(handle)
+        return handle.as_dict()
 
     def stop(self, handle: Handle) -> None:
         from driftloop.servers import ServerHandle, stop_server
 
-        stop_server(ServerHandle(**handle))
-
-
-def _as_dict(handle: Any) -> Handle:
-    if isinstance(handle, dict):
-        return dict(handle)
-    if is_dataclass(handle) and not isinstance(handle, type):
-        return asdict(handle)
-    if hasattr(handle, "model_dump"):
-        return handle.model_dump(mode="json")
-    raise TypeError(f"cannot store a server handle of type {type(handle).__name__} as JSON")
+        stop_server(ServerHandle.from_dict(handle))
 
 
 @dataclass
@@ -159,7 +149,7 @@ class LocalTarget(DeployTarget):
                 self._retire(state)
                 return
             handle = self.launcher.start(self.settings, variant, model_version, free_port())
-            handle["model_version"] = model_version
+            handle.setdefault("model_version", model_version)  # the launcher's is the resolved one
             # recorded before it serves: if this process dies now, the next call stops it
             state.retiring.append(handle)
             self._save(state)
