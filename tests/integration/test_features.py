@@ -27,7 +27,11 @@ def _events(spec, rows: list[tuple[str, str, float, pd.Timestamp]]) -> pd.DataFr
 
 
 def _reference(events: pd.DataFrame, spec) -> pd.DataFrame:
-    """Brute force: for every event, aggregate the same entity's events in [t - w, t)."""
+    """Brute force: for every event, aggregate the same entity's events in [t - w, t).
+
+    Nulls (NaN here) are left out as SQL aggregates leave them out: a count counts values, a sum
+    over none is 0 and a mean over none is null.
+    """
     out = events[[spec.event_id]].copy()
     for window_spec in spec.features.windows:
         for name, agg, window in window_spec.feature_names():
@@ -42,7 +46,7 @@ def _reference(events: pd.DataFrame, spec) -> pd.DataFrame:
                 column = before[window_spec.column]
                 values.append(
                     {
-                        "count": len(column),
+                        "count": column.count(),
                         "sum": column.sum(),
                         "mean": column.mean() if len(column) else np.nan,
                     }[agg]
@@ -52,8 +56,19 @@ def _reference(events: pd.DataFrame, spec) -> pd.DataFrame:
 
 
 def _computed(spark, events: pd.DataFrame, spec) -> pd.DataFrame:
-    result = compute_features(spark.createDataFrame(events), spec).toPandas()
+    from pyspark.sql import functions as F
+
+    # pandas hands a missing amount over as NaN: make it the null a nullable column would hold
+    frame = spark.createDataFrame(events).withColumn("amount", F.nanvl("amount", F.lit(None)))
+    result = compute_features(frame, spec).toPandas()
     return result.set_index(spec.event_id).sort_index()
+
+
+def _assert_matches_reference(computed: pd.DataFrame, expected: pd.DataFrame) -> None:
+    for column in expected.columns:
+        np.testing.assert_allclose(
+            computed[column].astype(float), expected[column].astype(float), rtol=1e-12, err_msg=column
+        )
 
 
 def test_window_features_use_exactly_the_earlier_events_of_the_same_entity(spark, spec):
@@ -68,15 +83,66 @@ def test_window_features_use_exactly_the_earlier_events_of_the_same_entity(spark
     ]
     events = _events(spec, rows)
     computed = _computed(spark, events, spec)
-    expected = _reference(events, spec)
-    for column in expected.columns:
-        np.testing.assert_allclose(
-            computed[column].astype(float), expected[column].astype(float), err_msg=column
-        )
+    _assert_matches_reference(computed, _reference(events, spec))
     assert computed.loc["e1", "user_id_count_1h"] == 0
     assert computed.loc["e4", "user_id_amount_sum_24h"] == 70.0
     assert np.isnan(computed.loc["e1", "amount_to_user_mean_7d"])
     assert computed.loc["e2", "amount_to_user_mean_7d"] == pytest.approx(2.0)
+
+
+def test_window_edges_ties_and_lone_events_are_exact_to_the_microsecond(spark, spec):
+    us = timedelta(microseconds=1)
+    hour = T0 + timedelta(hours=1)
+    rows = [
+        ("start", "u1", 1.0, T0),
+        ("almost", "u1", 2.0, hour - us),
+        ("edge", "u1", 4.0, hour),  # "start" is exactly t - 1h back: inside [t - w, t)
+        ("past_edge", "u1", 8.0, hour + us),  # "start" is 1 µs beyond t - 1h: outside
+        ("tie_a", "u1", 16.0, T0 + timedelta(hours=1, minutes=30)),
+        ("tie_b", "u1", 32.0, T0 + timedelta(hours=1, minutes=30)),
+        ("tie_c", "u1", 64.0, T0 + timedelta(hours=1, minutes=30)),
+        ("after_ties", "u1", 128.0, T0 + timedelta(hours=1, minutes=30) + us),
+        ("alone", "u2", 5.0, hour),  # the only event of its user
+    ]
+    events = _events(spec, rows)
+    computed = _computed(spark, events, spec)
+    _assert_matches_reference(computed, _reference(events, spec))
+
+    assert computed.loc["edge", ["user_id_count_1h", "user_id_amount_sum_1h"]].tolist() == [2, 3.0]
+    assert computed.loc["past_edge", ["user_id_count_1h", "user_id_amount_sum_1h"]].tolist() == [2, 6.0]
+    for tie in ("tie_a", "tie_b", "tie_c"):  # simultaneous events never see one another
+        assert computed.loc[tie, ["user_id_count_1h", "user_id_amount_sum_1h"]].tolist() == [3, 14.0]
+    assert computed.loc["after_ties", ["user_id_count_1h", "user_id_amount_sum_1h"]].tolist() == [
+        6,
+        126.0,
+    ]
+    alone = computed.loc["alone"]
+    assert (alone["user_id_count_7d"], alone["user_id_amount_sum_7d"]) == (0, 0.0)
+    assert alone[["user_id_amount_mean_7d", "amount_to_user_mean_7d"]].isna().all()
+    assert computed["user_id_count_1h"].dtype == np.int64
+    # merchant and device windows span both users: every earlier event of m1/d1 counts
+    assert computed.loc["after_ties", "merchant_id_count_1h"] == 7  # all but "start" and itself
+    assert computed.loc["after_ties", "device_id_count_24h"] == 8
+
+
+def test_null_values_are_left_out_of_counts_sums_and_means(spark, spec):
+    rows = [
+        ("n1", "u1", None, T0),
+        ("v1", "u1", 10.0, T0 + timedelta(minutes=1)),
+        ("n2", "u1", None, T0 + timedelta(minutes=2)),
+        ("v2", "u1", 30.0, T0 + timedelta(minutes=3)),
+        ("only_null_before", "u2", 1.0, T0 + timedelta(minutes=1)),
+        ("n3", "u2", None, T0),
+    ]
+    events = _events(spec, rows)
+    computed = _computed(spark, events, spec)
+    _assert_matches_reference(computed, _reference(events, spec))
+
+    assert computed.loc["v2", ["user_id_count_1h", "user_id_amount_sum_1h"]].tolist() == [1, 10.0]
+    assert computed.loc["v2", "user_id_amount_mean_1h"] == 10.0
+    lone = computed.loc["only_null_before"]
+    assert (lone["user_id_count_1h"], lone["user_id_amount_sum_1h"]) == (0, 0.0)
+    assert pd.isna(lone["user_id_amount_mean_1h"])
 
 
 def test_a_later_event_never_changes_an_earlier_events_features(spark, spec):
