@@ -66,6 +66,23 @@ def bentoml_home(settings: Settings) -> Path:
     return settings.data_dir / "bentoml"
 
 
+def _server_home(settings: Settings, variant: str, port: int) -> Path:
+    """A BENTOML_HOME of the server's own that shares the bento store.
+
+    ``bentoml serve`` wipes ``$BENTOML_HOME/prometheus_multiproc_dir`` at start-up: with one
+    home for stable and canary, starting the canary deleted the stable server's metric files
+    and its /metrics went blank.
+    """
+    shared = bentoml_home(settings)
+    home = shared / "servers" / f"{variant}-{port}"
+    home.mkdir(parents=True, exist_ok=True)
+    (shared / "bentos").mkdir(parents=True, exist_ok=True)
+    link = home / "bentos"
+    if not link.is_symlink():
+        link.symlink_to(shared / "bentos", target_is_directory=True)
+    return home
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as DRIFTLOOP_* variables, so a child process reads exactly these."""
     env: dict[str, str] = {}
@@ -153,7 +170,12 @@ def start_server(
         str(port),
         *([] if bento else ["--working-dir", str(REPO)]),
     ]
-    env = child_env(settings, DRIFTLOOP_SERVING__VARIANT=variant, DRIFTLOOP_SERVING__MODEL_REF=version)
+    env = child_env(
+        settings,
+        DRIFTLOOP_SERVING__VARIANT=variant,
+        DRIFTLOOP_SERVING__MODEL_REF=version,
+        BENTOML_HOME=str(_server_home(settings, variant, port)),
+    )
     with log_path.open("ab") as out:
         process = subprocess.Popen(
             command,
