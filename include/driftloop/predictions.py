@@ -181,31 +181,48 @@ def new_request_id() -> str:
 # --- metrics ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class ServingMetrics:
-    """The Prometheus series of deploy/base.py, bound to this server's version and variant."""
+    """The Prometheus series of deploy/base.py, bound to this server's version and variant.
 
-    requests: Any
-    predictions: Any
-    latency: Any
-    score: Any
-    log_failures: Any
-    log_dropped: Any
-    model_version: str
-    variant: str
+    Labelled children are resolved once: ``labels()`` costs more than the increment itself,
+    and it would run several times per request.
+    """
+
+    def __init__(
+        self,
+        requests: Any,
+        predictions: Any,
+        latency: Any,
+        score: Any,
+        log_failures: Any,
+        log_dropped: Any,
+        *,
+        model_version: str,
+        variant: str,
+    ) -> None:
+        self.requests = requests
+        self.model_version = model_version
+        self.variant = variant
+        by_model = (model_version, variant)
+        self.predictions = predictions.labels(*by_model)
+        self.latency = latency.labels(*by_model)
+        self.score = score.labels(*by_model)
+        self.log_failures = log_failures.labels(*by_model)
+        self.log_dropped = log_dropped.labels(*by_model)
+        self._requests_by: dict[tuple[str, int], Any] = {}
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        labels = (self.model_version, self.variant)
-        self.requests.labels(*labels, endpoint, str(status)).inc()
-        self.latency.labels(*labels).observe(seconds)
+        counter = self._requests_by.get((endpoint, status))
+        if counter is None:
+            counter = self.requests.labels(self.model_version, self.variant, endpoint, str(status))
+            self._requests_by[(endpoint, status)] = counter
+        counter.inc()
+        self.latency.observe(seconds)
 
-    def observe_scores(self, scores: Iterable[float]) -> None:
-        histogram = self.score.labels(self.model_version, self.variant)
-        n = 0
+    def observe_scores(self, scores: Sequence[float]) -> None:
         for value in scores:
-            histogram.observe(value)
-            n += 1
-        self.predictions.labels(self.model_version, self.variant).inc(n)
+            self.score.observe(value)
+        self.predictions.inc(len(scores))
 
 
 @lru_cache(maxsize=1)
