@@ -140,7 +140,7 @@ class RolloutSettings(BaseModel):
         1.5, gt=1, description="Canary p99 latency above this multiple of stable's fails the step."
     )
     latency_slack_ms: float = Field(
-        5.0, ge=0, description="p99 differences below this many ms never fail a step (timer noise)."
+        10.0, ge=0, description="p99 differences below this many ms never fail a step (timer noise)."
     )
     max_score_psi: float = Field(
         0.25, gt=0, description="PSI of the canary's score distribution against stable's above this fails."

@@ -129,18 +129,34 @@ def window_stats(delta: MetricsSnapshot) -> WindowStats:
     )
 
 
-def psi(expected: tuple[float, ...], actual: tuple[float, ...], floor: float = 1e-4) -> float:
-    """Population stability index of two binned distributions (empty bins floored, not dropped)."""
+def psi(expected: tuple[float, ...], actual: tuple[float, ...], smoothing: float = 0.5) -> float:
+    """Population stability index of two binned distributions.
+
+    Bins empty on both sides are left out; the others get ``smoothing`` pseudo-counts
+    (Jeffreys), so a bin empty on one side by chance costs a bounded amount, not log(1/ε).
+    """
     if len(expected) != len(actual):
         raise ValueError(f"PSI needs the same bins: {len(expected)} vs {len(actual)}")
-    e_total, a_total = sum(expected), sum(actual)
-    if not e_total or not a_total:
+    if not sum(expected) or not sum(actual):
         raise ValueError("PSI of an empty distribution is undefined")
-    value = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        pe, pa_ = max(e / e_total, floor), max(a / a_total, floor)
-        value += (pa_ - pe) * math.log(pa_ / pe)
-    return value
+    pairs = [(e + smoothing, a + smoothing) for e, a in zip(expected, actual, strict=True) if e or a]
+    e_total, a_total = sum(e for e, _ in pairs), sum(a for _, a in pairs)
+    return sum((a / a_total - e / e_total) * math.log((a / a_total) / (e / e_total)) for e, a in pairs)
+
+
+def psi_noise(expected: tuple[float, ...], actual: tuple[float, ...]) -> float:
+    """PSI two samples of the *same* distribution show on average: (k - 1)(1/n₁ + 1/n₂).
+
+    PSI is a symmetrised chi-square divided by the sample size, so with k occupied bins its
+    expectation under no change is about this. A 10 % canary sees a few dozen requests per
+    window, where raw PSI over 20 bins is ~0.5 by chance alone; subtracting it keeps good
+    canaries from failing on sample noise while garbage scores still stand out.
+    """
+    occupied = sum(1 for e, a in zip(expected, actual, strict=True) if e or a)
+    n_e, n_a = sum(expected), sum(actual)
+    if occupied < 2 or not n_e or not n_a:
+        return 0.0
+    return (occupied - 1) * (1 / n_e + 1 / n_a)
 
 
 @dataclass(frozen=True)
@@ -205,7 +221,9 @@ def judge(
                 f"p99 latency {canary.p99_ms:.1f} ms exceeds {limit:.1f} ms (stable {stable.p99_ms:.1f})"
             )
     if stable is not None and stable.scored and canary.scored:
-        score_psi = psi(stable.score_counts, canary.score_counts)
+        raw = psi(stable.score_counts, canary.score_counts)
+        score_psi = max(0.0, raw - psi_noise(stable.score_counts, canary.score_counts))
+        metrics["score_psi_raw"] = round(raw, 4)
         metrics["score_psi"] = round(score_psi, 4)
         if score_psi > rules.max_score_psi:
             reasons.append(f"score distribution PSI {score_psi:.3f} exceeds {rules.max_score_psi}")

@@ -10,7 +10,15 @@ from pydantic import ValidationError
 
 from driftloop.config import RolloutSettings
 from driftloop.deploy.base import LATENCY_BUCKETS, SCORE_BUCKETS, MetricsSnapshot
-from driftloop.rollout import LabelledStats, WindowStats, histogram_quantile, judge, psi, window_stats
+from driftloop.rollout import (
+    LabelledStats,
+    WindowStats,
+    histogram_quantile,
+    judge,
+    psi,
+    psi_noise,
+    window_stats,
+)
 
 RULES = RolloutSettings(min_requests=100, max_error_rate=0.02, max_latency_ratio=1.5, latency_slack_ms=5)
 
@@ -50,6 +58,25 @@ def test_psi_is_zero_for_identical_and_large_for_disjoint_distributions():
     assert psi(same, (70.0, 20.0, 10.0)) > 1.0
     with pytest.raises(ValueError, match="empty"):
         psi(same, (0.0, 0.0, 0.0))
+
+
+def test_corrected_psi_stays_quiet_for_small_samples_of_the_same_scores_and_flags_garbage():
+    rng = np.random.default_rng(0)
+    edges = [0.0, *SCORE_BUCKETS, 1.0]
+
+    def counts(values: np.ndarray) -> tuple[float, ...]:
+        return tuple(np.histogram(values, edges)[0].astype(float))
+
+    def corrected(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+        return max(0.0, psi(a, b) - psi_noise(a, b))
+
+    same = [corrected(counts(rng.beta(1.2, 5, 400)), counts(rng.beta(1.2, 5, 50))) for _ in range(200)]
+    garbage = [
+        corrected(counts(rng.beta(1.2, 5, 400)), counts(np.clip(rng.normal(0.18, 0.05, 50), 0, 1)))
+        for _ in range(200)
+    ]
+    assert np.percentile(same, 95) < RULES.max_score_psi
+    assert np.percentile(garbage, 5) > RULES.max_score_psi
 
 
 def test_a_step_waits_until_enough_canary_traffic_arrived():
