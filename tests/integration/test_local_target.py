@@ -408,12 +408,65 @@ def test_redeploying_the_same_version_is_a_no_op(tiny_target: LocalTarget) -> No
     assert tiny_target.status().variants["stable"].endpoint == before
 
 
-def test_a_dead_splitter_is_restarted_by_the_next_change(tiny_target: LocalTarget) -> None:
+@pytest.mark.parametrize("which", ["front", "weighted"])
+def test_a_dead_splitter_is_restarted_by_the_next_change(tiny_target: LocalTarget, which: str) -> None:
     tiny_target.deploy("stable", "1")
-    pid = tiny_target.splitter.pid()
+    splitter = getattr(tiny_target, which)
+    pid = splitter.pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # its workers live on, holding the port: they are cleared too
     psutil.wait_procs([psutil.Process(pid)], timeout=10)
+    assert not tiny_target.splitter_running()
     tiny_target.deploy("stable", "1")
     assert tiny_target.splitter_running()
+    assert _share(tiny_target.endpoint, 10) == {"stable": 10}
+
+
+def test_changes_from_concurrent_processes_are_serialised(tiny_target: LocalTarget) -> None:
+    tiny_target.deploy("stable", "1")
+    tiny_target.deploy("canary", "2")
+    script = textwrap.dedent(
+        """
+        import sys
+        from driftloop.config import Settings
+        from driftloop.deploy.local import LocalTarget
+        from tests.integration.test_local_target import TinyLauncher
+
+        target = LocalTarget(Settings(), launcher=TinyLauncher())
+        for weight in map(int, sys.argv[1:]):
+            target.set_canary_weight(weight)
+        """
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, *weights], cwd=REPO)
+        for weights in (["10", "20", "30", "40"], ["60", "70", "80", "90"])
+    ]
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
+    # whichever ran last, nginx routes by exactly what the state file says
+    state = json.loads(tiny_target.state_path.read_text())
+    assert state["canary_weight"] in (40, 90)
+    loaded = httpx.get(f"{tiny_target.endpoint}/_splitter").json()
+    assert loaded["generation"] == state["generation"]
+    assert {name: b["weight"] for name, b in loaded["backends"].items()} == {
+        "stable 1": 100 - state["canary_weight"],
+        "canary 2": state["canary_weight"],
+    }
+    share = _share(tiny_target.endpoint, 200)["canary"] / 200
+    assert abs(share - state["canary_weight"] / 100) <= 0.03
+
+
+def test_a_server_left_behind_by_a_crashed_deploy_is_stopped_by_the_next_change(
+    tiny_target: LocalTarget, local_settings: Settings
+) -> None:
+    tiny_target.deploy("stable", "1")
+    # a deploy that died after starting its server but before the swap leaves it in `retiring`
+    orphan = TinyLauncher().start(local_settings, "stable", "2", free_port())
+    state = json.loads(tiny_target.state_path.read_text())
+    state["retiring"].append(orphan)
+    tiny_target.state_path.write_text(json.dumps(state))
+    tiny_target.set_canary_weight(0)
+    assert (
+        not psutil.pid_exists(orphan["pid"]) or psutil.Process(orphan["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
+    assert json.loads(tiny_target.state_path.read_text())["retiring"] == []
     assert _share(tiny_target.endpoint, 10) == {"stable": 10}

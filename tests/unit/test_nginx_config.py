@@ -11,11 +11,13 @@ from driftloop.deploy.base import DeployError
 from driftloop.deploy.local import LocalState, parse_metrics
 from driftloop.deploy.nginx import (
     Backend,
+    FrontConfig,
     Splitter,
     SplitterConfig,
     SplitterPaths,
     nginx_binary,
     render_config,
+    render_front_config,
 )
 
 STABLE = Backend("stable 3", 18001, 90)
@@ -122,6 +124,32 @@ def test_nginx_accepts_the_rendered_config(tmp_path: Path, backends: tuple[Backe
         pytest.skip(str(error))
     splitter = Splitter(tmp_path / "nginx")
     splitter.test(render_config(_config(*backends), splitter.paths))  # raises DeployError on rejection
+
+
+def _front(tmp_path: Path) -> str:
+    config = FrontConfig(host="127.0.0.1", port=18600, weighted_port=18700, max_body_bytes=50_000)
+    return render_front_config(config, SplitterPaths(tmp_path))
+
+
+def test_the_front_passes_everything_to_the_weighted_nginx_and_retries_closed_connections(
+    tmp_path: Path,
+) -> None:
+    directives = _directives(_front(tmp_path))
+    assert [d for d in directives if d.startswith("server 1")] == ["server 127.0.0.1:18700 max_fails=0;"]
+    assert "listen 127.0.0.1:18600 backlog=1024;" in directives
+    # connection errors only: a timed-out request may still be scored, so it is never replayed
+    assert "proxy_next_upstream error non_idempotent;" in directives
+    assert "client_max_body_size 50000;" in directives
+    assert not [d for d in directives if d.startswith("return 200")]  # status comes from behind
+
+
+def test_nginx_accepts_the_front_config(tmp_path: Path) -> None:
+    try:
+        nginx_binary()
+    except DeployError as error:
+        pytest.skip(str(error))
+    splitter = Splitter(tmp_path / "front")
+    splitter.test(_front(tmp_path / "front"))
 
 
 def test_nginx_t_rejects_a_broken_config_with_its_message(tmp_path: Path) -> None:

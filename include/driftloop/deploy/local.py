@@ -36,8 +36,15 @@ from driftloop.deploy.base import (
     Variant,
     VariantStatus,
 )
-from driftloop.deploy.nginx import Backend, Splitter, SplitterConfig, render_config
-from driftloop.processes import free_port, log_tail
+from driftloop.deploy.nginx import (
+    Backend,
+    FrontConfig,
+    Splitter,
+    SplitterConfig,
+    render_config,
+    render_front_config,
+)
+from driftloop.processes import LOOPBACK, free_port, log_tail
 
 STATE_VERSION = 1
 READY_PATH = "/readyz"
@@ -84,9 +91,11 @@ class LocalState:
     """What the state file holds: the deployment as every process sees it."""
 
     canary_weight: int = 0
-    generation: int = 0  # of the nginx configuration last rendered
-    splitter_pid: int | None = None
-    splitter_port: int | None = None
+    generation: int = 0  # of the weighted nginx configuration last rendered
+    splitter_port: int | None = None  # where clients connect (the front nginx)
+    front_pid: int | None = None
+    weighted_port: int | None = None  # the weighted nginx behind the front, on loopback
+    weighted_pid: int | None = None
     variants: dict[str, Handle] = field(default_factory=dict)
     # servers replaced or removed, stopped once nginx no longer routes to them (or never took over)
     retiring: list[Handle] = field(default_factory=list)
@@ -124,9 +133,10 @@ class LocalState:
 class LocalTarget(DeployTarget):
     """Stable and canary servers on 127.0.0.1 behind an nginx splitter with weighted upstreams.
 
-    Every change keeps traffic flowing: a new server is ready before nginx routes to it, nginx
-    reloads gracefully (old workers finish in-flight requests) and an old server stops only once
-    no worker routes to it any more.
+    Every change keeps traffic flowing: a new server is ready before nginx routes to it, the
+    weighted nginx reloads gracefully (old workers finish in-flight requests) behind a front nginx
+    that holds the client connections and is never reloaded, and an old server stops only once no
+    worker routes to it any more.
     """
 
     def __init__(self, settings: Settings, launcher: ServerLauncher | None = None) -> None:
@@ -134,7 +144,8 @@ class LocalTarget(DeployTarget):
         self.launcher: ServerLauncher = launcher or BentoLauncher()
         self.root = settings.data_dir / "serving"
         self.state_path = self.root / "local-target.json"
-        self.splitter = Splitter(self.root / "nginx")
+        self.front = Splitter(self.root / "nginx" / "front")
+        self.weighted = Splitter(self.root / "nginx" / "weighted")
         self._lock = FileLock(str(self.root / "local-target.lock"))
 
     # --- DeployTarget -----------------------------------------------------------------------------
@@ -242,12 +253,14 @@ class LocalTarget(DeployTarget):
         return f"http://{self.settings.serving.host}:{port}"
 
     def splitter_running(self) -> bool:
-        return self.splitter.pid() is not None
+        """Both nginx masters are up."""
+        return self.front.pid() is not None and self.weighted.pid() is not None
 
     def stop_all(self) -> None:
         """Stop nginx and every server this deployment started; the state is emptied."""
         with self._locked() as state:
-            self.splitter.stop()
+            self.front.stop()
+            self.weighted.stop()
             for handle in [*state.variants.values(), *state.retiring]:
                 with contextlib.suppress(Exception):
                     self.launcher.stop(handle)
@@ -290,39 +303,72 @@ class LocalTarget(DeployTarget):
             Path(partial).unlink(missing_ok=True)
             raise
 
-    def _config(self, state: LocalState, generation: int) -> tuple[SplitterConfig, str]:
+    def _weighted_config(self, state: LocalState, generation: int) -> str:
         config = SplitterConfig(
-            host=self.settings.serving.host,
-            port=state.splitter_port or self.settings.serving.splitter_port,
+            host=LOOPBACK,
+            port=int(state.weighted_port or 0),
             backends=state.backends(),
             max_body_bytes=self.settings.serving.max_body_bytes,
             generation=generation,
         )
-        return config, render_config(config, self.splitter.paths)
+        return render_config(config, self.weighted.paths)
 
     def _apply(self, state: LocalState) -> None:
         """Make nginx route as ``state`` says (started on first use, else reloaded when it differs)."""
-        if self.splitter.pid() is None:
+        if self.weighted.pid() is None:
             if not state.variants:
                 return  # started lazily by the first deploy
-            state.splitter_port = self.settings.serving.splitter_port
-            state.generation += 1
-            config, text = self._config(state, state.generation)
-            state.splitter_pid = self.splitter.start(text, state.generation, config.host, config.port)
+            self._start_weighted(state)
+        else:
+            self._reload_weighted(state)
+        host, port = self.settings.serving.host, state.splitter_port or self.settings.serving.splitter_port
+        front = FrontConfig(
+            host=host,
+            port=port,
+            weighted_port=int(state.weighted_port or 0),
+            max_body_bytes=self.settings.serving.max_body_bytes,
+        )
+        text = render_front_config(front, self.front.paths)
+        if self.front.pid() is None:
+            state.front_pid = self.front.start(text, state.generation, host, port)
+            state.splitter_port = port
             self._save(state)
+        elif _read(self.front.paths.conf) != text:  # the weighted nginx moved to another port
+            self.front.reload(text, state.generation, host, port)
+
+    def _start_weighted(self, state: LocalState) -> None:
+        state.generation += 1
+        reuse = state.weighted_port is not None  # the front still points at it
+        state.weighted_port = state.weighted_port or free_port()
+        try:
+            state.weighted_pid = self.weighted.start(
+                self._weighted_config(state, state.generation),
+                state.generation,
+                LOOPBACK,
+                state.weighted_port,
+            )
+        except DeployError:
+            if not reuse:
+                raise
+            state.weighted_port = free_port()  # taken meanwhile: the front is reloaded to follow
+            state.weighted_pid = self.weighted.start(
+                self._weighted_config(state, state.generation),
+                state.generation,
+                LOOPBACK,
+                state.weighted_port,
+            )
+        self._save(state)
+
+    def _reload_weighted(self, state: LocalState) -> None:
+        port = int(state.weighted_port or 0)
+        if (
+            _read(self.weighted.paths.conf) == self._weighted_config(state, state.generation)
+            and self.weighted.loaded_generation(LOOPBACK, port) == state.generation
+        ):
             return
-        config, text = self._config(state, state.generation)
-        with contextlib.suppress(OSError):
-            on_disk = self.splitter.paths.conf.read_text()
-            if (
-                on_disk == text
-                and self.splitter.loaded_generation(config.host, config.port) == state.generation
-            ):
-                return
         state.generation += 1
         self._save(state)
-        config, text = self._config(state, state.generation)
-        self.splitter.reload(text, state.generation, config.host, config.port)
+        self.weighted.reload(self._weighted_config(state, state.generation), state.generation, LOOPBACK, port)
 
     def _retire(self, state: LocalState) -> None:
         """Stop the servers nginx no longer routes to (call only after a successful _apply)."""
@@ -330,6 +376,13 @@ class LocalTarget(DeployTarget):
             self.launcher.stop(state.retiring[0])
             state.retiring.pop(0)
             self._save(state)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _check_variant(variant: str) -> None:
