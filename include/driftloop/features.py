@@ -38,15 +38,22 @@ def compute_features(events: DataFrame, spec: DatasetSpec) -> DataFrame:
     ride through the other shuffles.
     """
     from pyspark.sql import functions as F
+    from pyspark.sql.types import TimestampType
 
     ts = "__ts_us"
     frame = events.withColumn(ts, F.unix_micros(F.col(spec.event_time)))
+    # the event time rides through every shuffle once, as the microseconds the windows order by
+    restore_time = isinstance(events.schema[spec.event_time].dataType, TimestampType)
+    if restore_time:
+        frame = frame.drop(spec.event_time)
     by_entity: dict[str, list[WindowFeatureSpec]] = {}
     for window_spec in spec.features.windows:
         by_entity.setdefault(window_spec.entity, []).append(window_spec)
     size = {entity: sum(len(s.feature_names()) for s in specs) for entity, specs in by_entity.items()}
     for entity in sorted(by_entity, key=size.__getitem__):
         frame = _with_entity_features(frame, by_entity[entity], ts)
+    if restore_time:
+        frame = frame.withColumn(spec.event_time, F.timestamp_micros(F.col(ts)))
     for ratio in spec.features.ratios:
         denominator = F.col(ratio.denominator)
         frame = frame.withColumn(
@@ -79,7 +86,7 @@ def _with_entity_features(frame: DataFrame, window_specs: list[WindowFeatureSpec
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-    from pyspark.sql.types import IntegralType
+    from pyspark.sql.types import DoubleType, IntegralType
 
     by_entity = Window.partitionBy(window_specs[0].entity).orderBy(ts)
     # Spark does not deduplicate identical window expressions: each aggregate is computed once
@@ -96,8 +103,13 @@ def _with_entity_features(frame: DataFrame, window_specs: list[WindowFeatureSpec
 
     features = []
     for window_spec in window_specs:
-        integral = isinstance(frame.schema[window_spec.column].dataType, IntegralType)
-        value = F.col(window_spec.column) if integral else F.col(window_spec.column).cast("double")
+        column_type = frame.schema[window_spec.column].dataType
+        integral = isinstance(column_type, IntegralType)
+        value = F.col(window_spec.column)
+        if not (integral or isinstance(column_type, DoubleType)):
+            # only when needed: a cast makes Spark materialise a copy of the column before the
+            # shuffle, one more value per row to move
+            value = value.cast("double")
         zero = F.lit(0 if integral else 0.0)
         prefix = f"{window_spec.column}_"
         for name, agg, window in window_spec.feature_names():
