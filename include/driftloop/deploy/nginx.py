@@ -132,7 +132,9 @@ def _worker_user() -> str | None:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _preamble(paths: SplitterPaths, title: str, worker_processes: int, max_body_bytes: int) -> list[str]:
+def _preamble(
+    paths: SplitterPaths, title: str, worker_processes: int, max_body_bytes: int, access_log: bool = True
+) -> list[str]:
     """Process-level settings and the start of the http block, shared by front and weighted configs."""
     user = _worker_user()
     return [
@@ -157,7 +159,9 @@ def _preamble(paths: SplitterPaths, title: str, worker_processes: int, max_body_
         "    log_format splitter '$time_iso8601 $request_id \"$request\" $status $body_bytes_sent '",
         "                        '$request_time upstream=$upstream_addr "
         "upstream_status=$upstream_status upstream_time=$upstream_response_time';",
-        f"    access_log {paths.access_log} splitter buffer=64k flush=1s;",
+        f"    access_log {paths.access_log} splitter buffer=64k flush=1s;"
+        if access_log
+        else "    access_log off;",
         # the compiled-in temp paths (/var/lib/nginx/...) must never be needed
         f"    client_body_temp_path {paths.temp / 'client_body'};",
         f"    proxy_temp_path {paths.temp / 'proxy'};",
@@ -268,8 +272,13 @@ def render_front_config(config: FrontConfig, paths: SplitterPaths) -> str:
     and a request written onto one at that moment is lost by plain HTTP clients (they do not
     retry); nginx as the client here retries it on a fresh connection instead.
     """
+    # the weighted nginx logs every request with the server that answered it: once is enough
     lines = _preamble(
-        paths, "driftloop traffic splitter (front).", config.worker_processes, config.max_body_bytes
+        paths,
+        "driftloop traffic splitter (front).",
+        config.worker_processes,
+        config.max_body_bytes,
+        access_log=False,
     )
     lines += [
         f"    upstream {FRONT_UPSTREAM} {{",
