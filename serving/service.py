@@ -188,9 +188,9 @@ class RequestGuard:
     name="driftloop_model",
     workers=SERVING.workers,
     traffic={"timeout": 30},
-    # Per-request costs measured on the prediction paths (tests/bench/serving.py): BentoML's
-    # access log, HTTP metrics and OpenTelemetry spans. The prediction log and the driftloop
-    # metrics already record every prediction request, so those three skip these paths.
+    # BentoML's access log and OpenTelemetry spans cost CPU on every request (see
+    # tests/bench/serving.py); the prediction log and the driftloop metrics already record each
+    # prediction request, so the access log is off and tracing skips the prediction paths.
     logging={"access": {"enabled": False, "skip_paths": list(PREDICTION_PATHS)}},
     tracing={"excluded_urls": list(PREDICTION_PATHS)},
 )
