@@ -142,8 +142,10 @@ class RolloutSettings(BaseModel):
     latency_slack_ms: float = Field(
         10.0, ge=0, description="p99 differences below this many ms never fail a step (timer noise)."
     )
+    # measured here, noise-corrected over 20 score bins: two honest retrains 0.0-0.3 per window,
+    # a model trained on shuffled labels 1.0-2.0
     max_score_psi: float = Field(
-        0.25, gt=0, description="PSI of the canary's score distribution against stable's above this fails."
+        0.5, gt=0, description="PSI of the canary's score distribution against stable's above this fails."
     )
     min_labelled: int = Field(
         50, ge=1, description="Labelled canary predictions needed before precision/recall are judged."
