@@ -329,3 +329,22 @@ def test_an_unknown_model_ref_fails_start_with_a_clear_error(model_versions, tmp
         start_server(settings, variant="canary", model_ref="nonexistent", port=free_port())
     with pytest.raises(DeployError, match=r"could not load its model|exited"):
         start_server(settings, variant="canary", model_ref="999", port=free_port(), ready_timeout=90)
+
+
+def test_a_built_bento_serves_like_the_source_service(model_versions, tmp_path):  # noqa: F811
+    from driftloop.servers import bentoml_home, build_bento
+
+    settings = _settings(model_versions, tmp_path)
+    tag = build_bento(settings)
+
+    assert tag.startswith("driftloop_model:")
+    assert (bentoml_home(settings) / "bentos" / "driftloop_model").is_dir()
+    handle = start_server(
+        settings, variant="stable", model_ref=model_versions.good, port=free_port(), bento=tag
+    )
+    try:
+        assert handle.bento == tag
+        body = httpx.post(f"{handle.url}/predict", json=ROWS[0]).json()
+        assert (body["model_version"], body["variant"]) == (model_versions.good, "stable")
+    finally:
+        stop_server(handle)
