@@ -7,6 +7,7 @@ guard (auth, content type, body size) and validated by pydantic (422) before the
 
 # no `from __future__ import annotations`: FastAPI reads the request models from the signatures
 
+import asyncio
 import hmac
 import logging
 import threading
@@ -63,9 +64,22 @@ class _Served:
     service: "ModelService | None" = None
     version: str | None = None
     metrics: predictions.ServingMetrics | None = None
+    # rollout drill: a version tagged `driftloop.drill.latency_ms` answers that much later, so
+    # operators can prove the canary analysis catches a slow model (off unless tagged)
+    drill_delay_s: float = 0.0
 
 
 SERVED = _Served()
+DRILL_LATENCY_TAG = "driftloop.drill.latency_ms"
+
+
+def drill_delay_s(version: str) -> float:
+    """The injected delay of a version tagged for a rollout drill, in seconds (0: none)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=SETTINGS.tracking_uri, registry_uri=SETTINGS.tracking_uri)
+    tags = client.get_model_version(SETTINGS.registered_model, version).tags
+    return max(0.0, float(tags.get(DRILL_LATENCY_TAG, 0) or 0)) / 1000
 
 
 def resolve_version(model_ref: str) -> str:
@@ -219,6 +233,9 @@ class ModelService:
             return
         metrics = predictions.serving_metrics(version, self.variant)
         self.log = self.log.bind(model_version=version)
+        SERVED.drill_delay_s = drill_delay_s(version)
+        if SERVED.drill_delay_s:
+            self.log.warning("serving.drill_latency_injected", delay_ms=SERVED.drill_delay_s * 1000)
         self.writer = predictions.PredictionLogWriter(
             predictions.log_schema(SPEC),
             predictions.append_to_lake(SETTINGS),
@@ -286,6 +303,8 @@ class ModelService:
 @app.post("/predict")
 async def predict(row: PredictionRow) -> Any:
     assert SERVED.service is not None
+    if SERVED.drill_delay_s:
+        await asyncio.sleep(SERVED.drill_delay_s)
     out = SERVED.service.score([row])
     return out if isinstance(out, JSONResponse) else JSONResponse(out[0])
 
@@ -293,6 +312,8 @@ async def predict(row: PredictionRow) -> Any:
 @app.post("/predict_batch")
 async def predict_batch(batch: PredictionBatch) -> Any:
     assert SERVED.service is not None
+    if SERVED.drill_delay_s:
+        await asyncio.sleep(SERVED.drill_delay_s)
     out = SERVED.service.score(batch.rows)
     return out if isinstance(out, JSONResponse) else JSONResponse({"predictions": out})
 

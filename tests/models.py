@@ -19,7 +19,7 @@ from driftloop.config import Settings
 from driftloop.dataset import DatasetSpec, load_dataset_spec
 from driftloop.training import FeatureEncoder
 
-ModelKind = Literal["good", "garbage", "broken"]
+ModelKind = Literal["good", "garbage", "broken", "slow"]
 MISSING_FEATURE = "feature_requests_never_carry"
 CATEGORY_VALUES = {"category": ["grocery", "travel", "electronics"], "channel": ["web", "app", "pos"]}
 
@@ -86,6 +86,10 @@ def register_model(settings: Settings, kind: ModelKind, alias: str | None = None
         {"kind": kind},
         info.model_id,
     )
+    if kind == "slow":  # a good model whose servers answer 80 ms late (the service's rollout drill)
+        registry.client.set_model_version_tag(
+            registry.name, str(version.version), "driftloop.drill.latency_ms", "80"
+        )
     if alias:
         registry.client.set_registered_model_alias(registry.name, alias, str(version.version))
     return str(version.version)

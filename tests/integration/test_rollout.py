@@ -7,6 +7,7 @@ window from the servers' Prometheus counters and promotes or rolls back on its o
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -54,7 +55,9 @@ class Traffic:
     def start(self) -> Traffic:
         def loop() -> None:
             while not self._stop.is_set():
-                report = replay(self.url, ROWS, concurrency=4, duration_s=1.0, rate=200)
+                # a fresh order each round: replay() starts at the first row every call
+                rows = random.sample(ROWS, len(ROWS))
+                report = replay(self.url, rows, concurrency=4, duration_s=1.0, rate=200)
                 self.statuses.update(report.statuses)
                 self.answered_by.update(report.answered_by)
 
@@ -143,7 +146,7 @@ def test_a_good_challenger_goes_through_every_step_and_is_promoted(env: Env):
 
 @pytest.mark.parametrize(
     ("kind", "reason"),
-    [("broken", "error rate"), ("garbage", "PSI")],
+    [("broken", "error rate"), ("garbage", "PSI"), ("slow", "p99 latency")],
 )
 def test_a_bad_challenger_is_rolled_back_within_one_analysis_window(env: Env, kind: str, reason: str):
     candidate = register_model(env.settings, kind, alias="challenger", seed=7)
