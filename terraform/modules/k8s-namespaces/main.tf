@@ -239,6 +239,9 @@ resource "kubernetes_role_binding_v1" "airflow_spark_submitter" {
 
 # The deploy_model DAG rolls out bentos: it creates the canary Deployment and
 # Service and moves traffic by patching the HTTPRoute's weights.
+# Verbs follow include/driftloop/deploy/kubernetes.py. A server-side apply is a
+# PATCH, and the API server also checks `create` when that apply creates the
+# object; the target never reads, lists or updates HPAs and PDBs.
 resource "kubernetes_role_v1" "airflow_rollout" {
   metadata {
     name      = "airflow-rollout"
@@ -269,6 +272,18 @@ resource "kubernetes_role_v1" "airflow_rollout" {
     api_groups = ["gateway.networking.k8s.io"]
     resources  = ["httproutes"]
     verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
+  }
+  # Each variant's HPA (autoscaling/v2) and PodDisruptionBudget (policy/v1):
+  # server-side applied by deploy(), deleted by remove().
+  rule {
+    api_groups = ["autoscaling"]
+    resources  = ["horizontalpodautoscalers"]
+    verbs      = ["create", "patch", "delete"]
+  }
+  rule {
+    api_groups = ["policy"]
+    resources  = ["poddisruptionbudgets"]
+    verbs      = ["create", "patch", "delete"]
   }
   rule {
     api_groups = ["gateway.networking.k8s.io"]
