@@ -260,9 +260,9 @@ def labelled_stats(
     sql = f"""
         SELECT p.variant, p.model_version,
                COUNT(*) AS labelled,
-               SUM(CASE WHEN p.decision AND l.{spec.label} THEN 1 ELSE 0 END) AS tp,
+               SUM(CASE WHEN p.decision AND CAST(l.{spec.label} AS INT) = 1 THEN 1 ELSE 0 END) AS tp,
                SUM(CASE WHEN p.decision THEN 1 ELSE 0 END) AS predicted_pos,
-               SUM(CASE WHEN l.{spec.label} THEN 1 ELSE 0 END) AS actual_pos
+               SUM(CASE WHEN CAST(l.{spec.label} AS INT) = 1 THEN 1 ELSE 0 END) AS actual_pos
         FROM p JOIN (SELECT DISTINCT {spec.event_id}, {spec.label} FROM l) l
           ON p.event_id = l.{spec.event_id}
         WHERE p.predicted_at >= TIMESTAMP '{cutoff}'

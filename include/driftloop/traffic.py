@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -193,3 +195,55 @@ async def replay_async(
 def replay(url: str, rows: Sequence[dict[str, Any]], **options: Any) -> LoadReport:
     """:func:`replay_async` from synchronous code (tests, the demo, benchmarks)."""
     return asyncio.run(replay_async(url, rows, **options))
+
+
+@dataclass
+class BackgroundLoad:
+    """Steady traffic from a background thread until stopped, counted by status and by who answered.
+
+    Rows are replayed in a fresh random order every second, so a weighted splitter that sends
+    every n-th request to the canary still hands it a fair sample, not the same few rows.
+    """
+
+    url: str
+    rows: Sequence[dict[str, Any]]
+    concurrency: int = 4
+    rate: float = 200.0
+    seed: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    answered_by: Counter[str] = field(default_factory=Counter)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> BackgroundLoad:
+        shuffler = random.Random(self.seed)
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                order = shuffler.sample(list(self.rows), len(self.rows))
+                report = replay(self.url, order, concurrency=self.concurrency, duration_s=1.0, rate=self.rate)
+                self.statuses.update(report.statuses)
+                self.answered_by.update(report.answered_by)
+
+        self._thread = threading.Thread(target=loop, name="background-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> BackgroundLoad:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(n for status, n in self.statuses.items() if not 200 <= status < 300)

@@ -7,15 +7,12 @@ window from the servers' Prometheus counters and promotes or rolls back on its o
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,7 +23,7 @@ from driftloop.deploy.local import LocalTarget
 from driftloop.processes import free_port
 from driftloop.registry import Registry
 from driftloop.rollout import Rollout, RolloutStore
-from driftloop.traffic import replay
+from driftloop.traffic import BackgroundLoad
 from tests.models import register_model, request_rows
 
 pytestmark = pytest.mark.slow
@@ -42,41 +39,8 @@ RULES = RolloutSettings(
 )
 
 
-@dataclass
-class Traffic:
-    """Continuous requests through the splitter from a background thread, counted by status."""
-
-    url: str
-    statuses: Counter[int] = field(default_factory=Counter)
-    answered_by: Counter[str] = field(default_factory=Counter)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Traffic:
-        def loop() -> None:
-            while not self._stop.is_set():
-                # a fresh order each round: replay() starts at the first row every call
-                rows = random.sample(ROWS, len(ROWS))
-                report = replay(self.url, rows, concurrency=4, duration_s=1.0, rate=200)
-                self.statuses.update(report.statuses)
-                self.answered_by.update(report.answered_by)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
-
-    @property
-    def failed(self) -> int:
-        return sum(n for status, n in self.statuses.items() if not 200 <= status < 300)
-
-    @property
-    def total(self) -> int:
-        return sum(self.statuses.values())
+def Traffic(url: str) -> BackgroundLoad:
+    return BackgroundLoad(url, ROWS, concurrency=4, rate=200)
 
 
 @dataclass
