@@ -1,7 +1,8 @@
-"""The `make demo` job: the data plane end to end on the embedded defaults, narrated.
+"""The `make demo` job: the data plane, training and a canary rollout on the embedded defaults, narrated.
 
-It lands simulated batches (with some bad rows and one unreadable file), ingests them,
-builds features with Spark and a point-in-time training set, and prints a timeline.
+It lands simulated batches (with some bad rows and one unreadable file), ingests them, builds
+features with Spark and a point-in-time training set, trains and gates a first champion, serves
+it behind the nginx splitter under simulated traffic, and canaries a second version step by step.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def run_data_plane_demo(settings: Settings, spec: DatasetSpec, echo: Callable[[s
         timeline.note(f"lineage: {training.lineage}")
 
     _train_first_champion(settings, spec, spark, timeline)
+    _serve_and_canary(settings, spec, spark, timeline)
 
     total = time.perf_counter() - timeline.started
     echo(f"done in {total:.1f}s — tables under {settings.lake_uri}/tables")
@@ -173,3 +175,120 @@ def _train_first_champion(settings: Settings, spec: DatasetSpec, spark, timeline
                 f"alias history: {move.alias} → v{move.version} (was {move.previous_version}) {move.reason}"
             )
     timeline.note(f"browse runs and the registry: mlflow ui --backend-store-uri {settings.tracking_uri}")
+
+
+# the demo's canary: short windows so the whole ladder takes about a minute
+DEMO_ROLLOUT = {
+    "steps": (10, 50, 100),
+    "analysis_interval_s": 8.0,
+    "min_requests": 80,
+    "latency_slack_ms": 25.0,
+}
+# a retrain on the same data rarely beats the champion by a margin: let the canary judge instead
+DEMO_GATE = {"margin": -0.05, "recent_tolerance": 0.05}
+
+
+def _traffic_rows(settings: Settings, spec: DatasetSpec, limit: int = 5000) -> list[dict]:
+    """Recent events' feature rows as prediction requests (their event ids join late labels)."""
+    from driftloop.lake import tables
+
+    features = tables.open_table(settings, tables.FEATURES)
+    columns = ", ".join(f'"{c}"' for c in [spec.event_id, *spec.model_features])
+    sql = f'SELECT {columns} FROM t ORDER BY "{spec.event_time}" DESC LIMIT {limit}'
+    rows = tables.query(features, sql).to_pylist()
+    return [{k: (v if v == v else None) for k, v in row.items()} for row in rows]  # NaN → missing
+
+
+def _serve_and_canary(settings: Settings, spec: DatasetSpec, spark, timeline: Timeline) -> None:
+    """deploy_model's stages on one machine: stable behind nginx, traffic, a second version canaried."""
+    from driftloop.deploy.local import LocalTarget
+    from driftloop.registry import Registry
+    from driftloop.retraining import (
+        RetrainRequest,
+        gate_candidate,
+        prepare_training_data,
+        register_candidate,
+        run_study,
+    )
+    from driftloop.rollout import Rollout
+    from driftloop.traffic import BackgroundLoad
+
+    registry = Registry(settings)
+    champion = registry.alias_version("champion")
+    if champion is None:
+        timeline.note("no champion to serve: the gate rejected the first model")
+        return
+    target = LocalTarget(settings)
+    try:
+        with timeline.stage(f"deploy_model: champion v{champion.version} as stable behind nginx"):
+            target.deploy("stable", str(champion.version))
+            status = target.status()
+            timeline.note(
+                f"splitter {target.endpoint} → stable v{status.variants['stable'].model_version} "
+                f"at {status.variants['stable'].endpoint} (logs under {settings.data_dir / 'serving'})"
+            )
+        rows = _traffic_rows(settings, spec)
+        with BackgroundLoad(target.endpoint, rows, concurrency=4, rate=150) as load:
+            timeline.note(f"simulated traffic: {len(rows):,} recent events replayed at ~150 req/s")
+            demo = settings.model_copy(
+                update={
+                    "gate": settings.gate.model_copy(update=DEMO_GATE),
+                    "rollout": settings.rollout.model_copy(update=DEMO_ROLLOUT),
+                    "training": settings.training.model_copy(update={"seed": 7}),
+                }
+            )
+            request = RetrainRequest.parse(
+                run_key="demo__second-model",
+                trigger="cli",
+                reason="make demo: a second model for the canary",
+                n_trials=6,
+                timeout_minutes=5,
+                metric="pr_auc",
+            )
+            with timeline.stage("train_model: a second version (another study) and its gate"):
+                data = prepare_training_data(spark, demo, spec, request)
+                parent, tuning = run_study(demo, spec, request, data)
+                version = register_candidate(demo, spec, request, data, parent, tuning)
+                result = gate_candidate(demo, spec, request, data, version)
+                champion_auc = result.champion.holdout["pr_auc"] if result.champion else float("nan")
+                timeline.note(
+                    f"v{version}: holdout PR-AUC {result.candidate.holdout['pr_auc']:.3f} "
+                    f"(champion {champion_auc:.3f}); "
+                    f"gate margin {DEMO_GATE['margin']} → {result.decision.outcome}"
+                )
+            if result.decision.outcome != "challenger":
+                timeline.note(f"not canaried: {'; '.join(result.decision.reasons)}")
+                return
+            steps = " → ".join(f"{w}%" for w in demo.rollout.steps)
+            every = DEMO_ROLLOUT["analysis_interval_s"]
+            with timeline.stage(f"deploy_model: canary v{version} at {steps}, analysed every {every:.0f}s"):
+
+                def show(record, verdict, window) -> None:
+                    m = {"canary_p99_ms": None, "stable_p99_ms": None} | verdict.metrics
+                    nan = float("nan")
+                    timeline.note(
+                        f"step {record.step + 1} ({record.weight:>3}% canary) window {window}: "
+                        f"{verdict.outcome.upper():4}  canary {m.get('canary_requests', 0):.0f} req, "
+                        f"errors {m.get('canary_error_rate', 0):.1%}, p99 {m['canary_p99_ms'] or nan:.1f} ms "
+                        f"(stable {m['stable_p99_ms'] or nan:.1f}), score PSI {m.get('score_psi', nan):.3f}"
+                        + (
+                            f" — {'; '.join(verdict.reasons)}"
+                            if verdict.reasons and verdict.outcome != "pass"
+                            else ""
+                        )
+                    )
+
+                final = Rollout(demo, "demo__canary", target, registry).drive(version, "demo", on_window=show)
+                reasons = final.details.get("reasons") or [final.details.get("reason")]
+                timeline.note(f"outcome: {final.phase} — {'; '.join(r for r in reasons if r)}")
+        timeline.note(
+            f"traffic: {load.total:,} requests, {load.failed} failed; answered by "
+            + ", ".join(f"{k} ×{n:,}" for k, n in sorted(load.answered_by.items()))
+        )
+        for move in registry.history(4):
+            timeline.note(
+                f"alias history: {move.alias} → v{move.version} (was {move.previous_version}) {move.reason}"
+            )
+    finally:
+        target.stop_all()
+        timeline.note("stopped the model servers and nginx")
