@@ -66,3 +66,59 @@ def test_deploy_model_canaries_the_challenger_and_promotes_it(rollout_env, dagba
         assert any(e.get("version") == challenger for e in _asset_events("driftloop.champion"))
     finally:
         target.stop_all()
+
+
+@pytest.mark.parametrize(("action", "phase"), [("abort", "rolled_back"), ("promote", "promoted")])
+def test_an_operator_aborts_or_promotes_a_running_canary_through_control_rollout(
+    rollout_env,
+    dagbag,  # noqa: F811
+    action,
+    phase,
+    monkeypatch,
+):
+    import threading
+
+    from airflow.utils.state import DagRunState
+
+    from driftloop.config import get_settings
+    from driftloop.deploy.local import LocalTarget
+    from driftloop.registry import Registry
+    from driftloop.rollout import Rollout
+
+    # windows so long that only the operator's command can end the first step
+    monkeypatch.setenv("DRIFTLOOP_ROLLOUT__ANALYSIS_INTERVAL_S", "600")
+    get_settings.cache_clear()
+    settings = get_settings()
+    champion = register_model(settings, "good", alias="champion", seed=0)
+    challenger = register_model(settings, "good", alias="challenger", seed=5)
+    target = LocalTarget(settings)
+    outcome: dict = {}
+    try:
+        target.deploy("stable", champion)
+        rollout = Rollout(settings, f"operator-{action}", target, Registry(settings))
+        driver = threading.Thread(
+            target=lambda: outcome.update(record=rollout.drive(challenger, "test", poll_s=0.5)), daemon=True
+        )
+        driver.start()
+        deadline = threading.Event()
+        while (
+            rollout.store.state(rollout.rollout_id) is None
+            or rollout.store.state(rollout.rollout_id).phase != "step"
+        ):
+            assert driver.is_alive(), "the rollout ended before its first step"
+            deadline.wait(0.3)
+
+        run = dagbag.get_dag("control_rollout").test(run_conf={"action": action, "reason": "operator test"})
+        assert run.state == DagRunState.SUCCESS
+        driver.join(timeout=120)
+        assert not driver.is_alive(), "the rollout did not act on the command"
+        record = outcome["record"]
+        assert record.phase == phase
+        assert target.status().canary_weight == 0
+        assert "canary" not in target.status().variants
+        champion_now = str(Registry(settings).alias_version("champion").version)
+        assert champion_now == (challenger if action == "promote" else champion)
+        reasons = record.details.get("reasons") or [record.details.get("reason")]
+        assert any("operator test" in r for r in reasons), reasons
+    finally:
+        target.stop_all()
