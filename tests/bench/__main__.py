@@ -3,6 +3,7 @@
     python -m tests.bench                         # all
     python -m tests.bench ingest tuning           # some
     python -m tests.bench features --events 1M    # the feature job at chosen volumes only
+    python -m tests.bench serving --rounds 5      # the serving targets, median of 5 rounds
 
 A benchmark is a module with ``run(echo) -> list[dict]`` (it also writes its rows to
 tests/bench/results/<name>.json) and ``summary(rows) -> str`` (its Markdown table); add one to
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "ingest": "tests.bench.ingest",
     "features": "tests.bench.features",
     "tuning": "tests.bench.tuning",
+    "serving": "tests.bench.serving",
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -46,7 +48,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=lambda text: tuple(event_count(part) for part in text.split(",")),
         help="comma-separated volumes (e.g. 1M or 1M,10M) for benchmarks that take them (features)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds per configuration, reported as their median, for benchmarks that take them (serving)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
@@ -68,6 +77,8 @@ def main(argv: list[str]) -> int:
         options = {}
         if args.events and "volumes" in inspect.signature(module.run).parameters:
             options["volumes"] = args.events
+        if args.rounds and "rounds" in inspect.signature(module.run).parameters:
+            options["rounds"] = args.rounds
         module.run(echo=echo, **options)
         echo(f"==> {name} done in {time.perf_counter() - started:.0f} s")
     text = summaries()
