@@ -689,3 +689,23 @@ def test_checkov_finds_nothing() -> None:
         "checkov findings (fix them, or skip in place with `#checkov:skip=<ID>:<reason>`):\n"
         + "\n".join(failures)
     )
+
+
+# read by Spark on Kubernetes, which is still to come (issue 6); every other name must be a setting
+_PENDING_SETTINGS = {"DRIFTLOOP_SPARK_NAMESPACE", "DRIFTLOOP_SPARK_SERVICE_ACCOUNT"}
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_driftloop_variables_passed_to_airflow_are_real_settings(environment: str) -> None:
+    """A misspelt DRIFTLOOP_* name (one underscore instead of two) is silently ignored at run time."""
+    from driftloop.config import Settings
+
+    text = (TF_ROOT / "environments" / environment / "main.tf").read_text()
+    names = set(re.findall(r"^\s*(DRIFTLOOP_[A-Z0-9_]+)\s*=", text, flags=re.MULTILINE))
+    assert names, "the Airflow module receives no driftloop settings"
+    for name in sorted(names - _PENDING_SETTINGS):
+        field, _, nested = name.removeprefix("DRIFTLOOP_").lower().partition("__")
+        assert field in Settings.model_fields, f"{environment}: {name} is not a driftloop setting"
+        if nested:
+            model = Settings.model_fields[field].annotation
+            assert nested in model.model_fields, f"{environment}: {name} is not a driftloop setting"

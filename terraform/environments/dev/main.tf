@@ -90,12 +90,11 @@ module "airflow" {
   extra_env = {
     DRIFTLOOP_PROFILE               = "kubernetes"
     DRIFTLOOP_LAKE_ROOT             = replace(module.object_store.lake_uri, "s3://", "s3a://")
-    MLFLOW_TRACKING_URI             = module.mlflow.tracking_uri
+    DRIFTLOOP_MLFLOW_TRACKING_URI   = module.mlflow.tracking_uri
     AWS_DEFAULT_REGION              = var.aws_region
     DRIFTLOOP_SPARK_NAMESPACE       = module.k8s_namespaces.namespaces["spark_jobs"]
     DRIFTLOOP_SPARK_SERVICE_ACCOUNT = module.k8s_namespaces.spark_driver_service_account_name
-    DRIFTLOOP_SERVING_NAMESPACE     = module.k8s_namespaces.namespaces["serving"]
-    DRIFTLOOP_SERVING_ROUTE         = module.serving_gateway.route_name
+    DRIFTLOOP_SERVING__NAMESPACE    = module.k8s_namespaces.namespaces["serving"]
   }
 }
 
