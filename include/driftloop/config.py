@@ -167,6 +167,53 @@ class RolloutSettings(BaseModel):
         return self
 
 
+class MonitoringSettings(BaseModel):
+    """How the prediction log's drift from a version's reference is judged (DRIFTLOOP_MONITORING__*)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    numeric_method: Literal["psi", "ks"] = Field(
+        "psi", description="Test whose verdict counts for a numeric feature (both are computed and stored)."
+    )
+    categorical_method: Literal["psi", "chi2"] = Field(
+        "psi",
+        description="Test whose verdict counts for a categorical feature (both are computed and stored).",
+    )
+    psi_threshold: float = Field(
+        0.2, gt=0, description="PSI at or above this is drift (0.1 moderate, 0.25 major shift by convention)."
+    )
+    ks_p_value: float = Field(0.01, gt=0, lt=1, description="Two-sample KS p-value below this is drift.")
+    chi2_p_value: float = Field(
+        0.01, gt=0, lt=1, description="Chi-square p-value (categories and missing) below this is drift."
+    )
+    min_rows: int = Field(
+        200, ge=2, description="Windows with fewer rows give an insufficient_data verdict, never a pass."
+    )
+    share_of_drifted_features: float = Field(
+        0.3, gt=0, le=1, description="Dataset drift when at least this share of the model features drift."
+    )
+    reference_bins: int = Field(
+        10, ge=2, le=100, description="Quantile bins of a numeric reference column (10: deciles)."
+    )
+    reference_sample_size: int = Field(
+        5000,
+        ge=100,
+        le=100_000,
+        description="Sorted sample kept per numeric column for KS; bounds its power.",
+    )
+    max_categories: int = Field(
+        50, ge=1, description="Most frequent categories kept per column; the rest share one 'other' bin."
+    )
+    workers: int = Field(2, ge=1, le=64, description="Threads computing columns in parallel.")
+    report_method: str | None = Field(
+        None,
+        description="Evidently drift method of the HTML report (e.g. psi, ks); None: Evidently's default.",
+    )
+    report_retention_days: float = Field(
+        30.0, gt=0, description="HTML drift reports older than this many days are deleted."
+    )
+
+
 class Settings(BaseSettings):
     """Everything that differs between runs, places and profiles."""
 
@@ -220,6 +267,7 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     serving: ServingSettings = ServingSettings()
     rollout: RolloutSettings = RolloutSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     deploy_target: Literal["local", "kubernetes"] | None = Field(
         None, description="Where models are rolled out. None: follows the profile."
     )
