@@ -43,6 +43,14 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    """A structured logger; configuration happens lazily on first use, not at import."""
+    """A structured logger; configuration happens lazily on first use, not at import.
+
+    Inside an Airflow task, Airflow's task runner has configured structlog already: its
+    renderer is kept (replacing it lost the tracebacks of failed tasks from their logs), with
+    the secret redaction put in front.
+    """
+    if structlog.is_configured() and not _configured:
+        processors = [_redact_secrets, *structlog.get_config()["processors"]]
+        return structlog.wrap_logger(None, processors=processors, logger_factory_args=(name,))
     configure_logging()
     return structlog.get_logger(name)
