@@ -14,7 +14,7 @@ An operator's hand on the rollout, through the UI's *Trigger* form or the REST A
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
@@ -27,7 +27,7 @@ from driftloop.config import get_settings
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1},
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
     tags=["driftloop", "serving", "operator"],
     doc_md=__doc__,
     params={
@@ -43,18 +43,28 @@ def control_rollout():
     @task
     def act(params=None, dag_run=None) -> dict:
         """Carry out the operator's action, recording who asked and why."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from driftloop.deploy import get_target
         from driftloop.registry import Registry
-        from driftloop.rollout import request_command, revert_champion
+        from driftloop.rollout import RolloutError, request_command, revert_champion
 
         settings = get_settings()
         actor = f"airflow-user:{getattr(dag_run, 'triggering_user_name', None) or 'unknown'}"
-        if params["action"] == "revert":
-            version = revert_champion(
-                settings, get_target(settings), Registry(settings), actor, params["reason"], dag_run.run_id
-            )
-            return {"action": "revert", "champion": version}
-        record = request_command(settings, params["action"], actor, params["reason"])
+        try:
+            if params["action"] == "revert":
+                version = revert_champion(
+                    settings,
+                    get_target(settings),
+                    Registry(settings),
+                    actor,
+                    params["reason"],
+                    dag_run.run_id,
+                )
+                return {"action": "revert", "champion": version}
+            record = request_command(settings, params["action"], actor, params["reason"])
+        except RolloutError as refused:  # nothing to act on: retrying will not change that
+            raise AirflowFailException(str(refused)) from refused
         return {"action": params["action"], "rollout_id": record.rollout_id, "version": record.version}
 
     act()

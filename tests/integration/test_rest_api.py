@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import airflow_client.client as airflow_client
 import pytest
@@ -42,6 +43,20 @@ curl -sS --fail-with-body -X POST "$AIRFLOW_URL/api/v2/dags/train_model/dagRuns"
   -d '{"logical_date": null, "conf": {"n_trials": 2, "reason": "analyst request"}}'
 """
 
+# The README's operator recipe (after the token lines of the recipe above), verbatim
+CONTROL_WITH_CURL = r"""
+curl -sS --fail-with-body -X POST "$AIRFLOW_URL/api/v2/dags/control_rollout/dagRuns" \
+  -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"logical_date": null, "conf": {"action": "abort", "reason": "p99 alarms on the card API"}}'
+"""
+TOKEN_LINES = "\n".join(RETRAIN_WITH_CURL.strip().splitlines()[:5])
+
+
+def test_the_recipes_are_the_readme_text():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert RETRAIN_WITH_CURL.strip() in readme
+    assert CONTROL_WITH_CURL.strip() in readme
+
 
 @pytest.fixture(scope="module")
 def lake_settings(spark, tmp_path_factory) -> Settings:
@@ -64,8 +79,9 @@ def stack(lake_settings):
     Cron and Asset schedules are off, so the only runs are the ones these tests trigger.
     """
     with AirflowStack(lake_settings, job_schedules=False, echo=print) as running:
-        running.wait_for_dags(DAG_ID)
+        running.wait_for_dags(DAG_ID, "control_rollout")
         running.unpause(DAG_ID)
+        running.unpause("control_rollout")
         yield running
 
 
@@ -156,16 +172,50 @@ def test_the_readme_curl_recipe_retrains_and_registers_a_champion_tagged_rest(st
     assert registry.get_model_version_by_alias(name, CHAMPION).version == version.version
 
 
-def _wait_for_run(stack: AirflowStack, run_id: str) -> str:
+def _wait_for_run(stack: AirflowStack, run_id: str, dag_id: str = DAG_ID) -> str:
     """Poll the run with the official client until it finishes; returns its final state."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     with _client(stack, "admin") as api:
         runs = DagRunApi(api)
         while time.monotonic() < deadline:
-            state = runs.get_dag_run(DAG_ID, run_id).state.value
+            state = runs.get_dag_run(dag_id, run_id).state.value
             if state in {"success", "failed"}:
                 return state
             time.sleep(3)
     pytest.fail(
-        f"{DAG_ID} run {run_id} not finished after {RUN_TIMEOUT_S:.0f}s: {stack.task_states(DAG_ID, run_id)}"
+        f"{dag_id} run {run_id} not finished after {RUN_TIMEOUT_S:.0f}s: {stack.task_states(dag_id, run_id)}"
     )
+
+
+def test_the_readme_operator_recipe_reaches_control_rollout_and_says_why_it_failed(stack):
+    """With no canary under way the abort must fail loudly, not pretend; a bad action is a 400."""
+    env = {**os.environ, "AIRFLOW_URL": stack.base_url, "AIRFLOW_PASSWORD": stack.credentials()["admin"]}
+    triggered = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", TOKEN_LINES + "\n" + CONTROL_WITH_CURL],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert triggered.returncode == 0, triggered.stderr + triggered.stdout
+    run = json.loads(triggered.stdout)
+    assert run["conf"] == {"action": "abort", "reason": "p99 alarms on the card API"}
+    state = _wait_for_run(stack, run["dag_run_id"], dag_id="control_rollout")
+    assert state == "failed"
+    # the task's log file is completed by its supervisor a moment after the run state is final
+    deadline = time.monotonic() + 30
+    while True:
+        logs = "\n".join(tail for _p, tail in stack.task_log_tails("control_rollout", run["dag_run_id"], 400))
+        if "no rollout is under way" in logs or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "no rollout is under way" in logs, logs[-3000:]
+
+    with _client(stack, "admin") as api, pytest.raises(ApiException) as rejected:
+        DagRunApi(api).trigger_dag_run(
+            "control_rollout",
+            TriggerDAGRunPostBody(logical_date=None, conf={"action": "reboot", "reason": "typo"}),
+        )
+    assert rejected.value.status == 400
+    assert "param action" in json.loads(rejected.value.body)["detail"]
