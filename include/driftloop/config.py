@@ -204,7 +204,13 @@ class MonitoringSettings(BaseModel):
     max_categories: int = Field(
         50, ge=1, description="Most frequent categories kept per column; the rest share one 'other' bin."
     )
-    workers: int = Field(2, ge=1, le=64, description="Threads computing columns in parallel.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Threads computing columns in parallel. On 2 shared, busy cores 2 threads were slower "
+        "than 1 (1M x 20: 0.69 s vs 0.62 s, load 5.5); raise on a dedicated worker.",
+    )
     report_method: str | None = Field(
         None,
         description="Evidently drift method of the HTML report (e.g. psi, ks); None: Evidently's default.",

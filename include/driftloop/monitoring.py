@@ -676,10 +676,10 @@ def save_reference(
     monitor prediction drift too. The version is tagged with the artifact's path, so a retried
     registration overwrites the same file with the same content.
     """
-    from driftloop.dataset import get_dataset_spec
+    from driftloop.dataset import load_dataset_spec
     from driftloop.registry import Registry
 
-    kinds = kinds or column_kinds(get_dataset_spec(), list(frame.columns))
+    kinds = kinds or column_kinds(load_dataset_spec(settings.dataset_file), list(frame.columns))
     reference = compute_reference(frame, kinds, settings.monitoring, model_version=str(version))
     registry = Registry(settings)
     model_version = registry.client.get_model_version(registry.name, str(version))
