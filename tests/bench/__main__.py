@@ -28,6 +28,7 @@ BENCHMARKS = {
     "features": "tests.bench.features",
     "tuning": "tests.bench.tuning",
     "serving": "tests.bench.serving",
+    "drift": "tests.bench.drift",
 }
 RESULTS = Path(__file__).parent / "results"
 
