@@ -18,7 +18,7 @@ import bentoml
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from driftloop import predictions
 from driftloop.config import get_settings
@@ -96,7 +96,12 @@ def resolve_version(model_ref: str) -> str:
 
 
 def _route_library_logs() -> None:
-    """BentoML configures its own loggers only; driftloop's structured lines go to the server log."""
+    """BentoML configures its own loggers only; driftloop's structured lines go to the server log.
+
+    uvicorn's access logger is cut off from the root handler BentoML installs: uvicorn then
+    skips formatting an access line per request that the root's WARNING level drops anyway.
+    """
+    logging.getLogger("uvicorn.access").propagate = False
     library = logging.getLogger("driftloop")
     if not library.handlers:
         handler = logging.StreamHandler()
@@ -202,11 +207,13 @@ class RequestGuard:
     name="driftloop_model",
     workers=SERVING.workers,
     traffic={"timeout": 30},
-    # BentoML's access log and OpenTelemetry spans cost CPU on every request (see
-    # tests/bench/serving.py); the prediction log and the driftloop metrics already record each
-    # prediction request, so the access log is off and tracing skips the prediction paths.
+    # BentoML's access log, HTTP metrics and OpenTelemetry spans cost CPU on every request (see
+    # tests/bench/serving.py). The prediction log and the driftloop_* series already record each
+    # prediction request, so the access log and BentoML's metrics are off (this app serves
+    # /metrics itself) and no span is sampled; tracing also skips the prediction paths.
     logging={"access": {"enabled": False, "skip_paths": list(PREDICTION_PATHS)}},
-    tracing={"excluded_urls": list(PREDICTION_PATHS)},
+    metrics={"enabled": False},
+    tracing={"sample_rate": 0.0, "excluded_urls": list(PREDICTION_PATHS)},
 )
 @bentoml.asgi_app(app, path="/")
 class ModelService:
@@ -300,6 +307,13 @@ class ModelService:
 # a synchronous dependency, which FastAPI runs in its thread pool on every request (a thread
 # hop costing more than the ~0.1 ms of scoring). Async and hop-free, the service comes from
 # SERVED instead.
+@app.get("/metrics")
+async def metrics() -> Response:
+    """The driftloop_* series of every worker (BentoML's own HTTP metrics are off)."""
+    body, content_type = predictions.metrics_exposition()
+    return Response(body, media_type=content_type)
+
+
 @app.post("/predict")
 async def predict(row: PredictionRow) -> Any:
     assert SERVED.service is not None

@@ -248,6 +248,26 @@ def serving_metrics(model_version: str, variant: str) -> ServingMetrics:
     return ServingMetrics(*_collectors(), model_version=model_version, variant=variant)
 
 
+def metrics_exposition() -> tuple[bytes, str]:
+    """The Prometheus text of every worker of this server, and its content type.
+
+    Under several workers each one writes its series to ``PROMETHEUS_MULTIPROC_DIR`` (BentoML
+    sets it for every worker), so any worker answering a scrape reports them all; a process
+    without it (one worker, tests) reports its own registry.
+    """
+    import os
+
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
 # --- the prediction-log writer ---------------------------------------------------------------
 
 
