@@ -65,11 +65,14 @@ def register_model(settings: Settings, kind: ModelKind, alias: str | None = None
     if kind == "broken":
         encoder = FeatureEncoder(features=(*encoder.features, MISSING_FEATURE), categories=encoder.categories)
     mlflow.set_tracking_uri(settings.tracking_uri)
-    experiment = "driftloop-test-models"
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=settings.artifact_location)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"{kind}-{seed}") as run:
+    experiment = mlflow.get_experiment_by_name("driftloop-test-models")
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else mlflow.create_experiment("driftloop-test-models", artifact_location=settings.artifact_location)
+    )
+    # an explicit experiment, not set_experiment(): the fluent API's active experiment is global
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{seed}") as run:
         info = mlflow.lightgbm.log_model(
             booster,
             name="model",

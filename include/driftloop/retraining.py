@@ -318,6 +318,9 @@ def register_candidate(
     booster = fit_final(split, encoder, spec, tuning, settings.training)
     example = encoder.transform(split.holdout.head(5))
     mlflow.set_tracking_uri(settings.tracking_uri)
+    # the process may hold another store's active experiment (fluent API state is global):
+    # resuming a run of a different experiment would be refused
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(parent).info.experiment_id)
     with mlflow.start_run(run_id=parent):
         mlflow.log_params({f"best.{k}": v for k, v in tuning.best_params.items()})
         info = mlflow.lightgbm.log_model(
