@@ -23,6 +23,7 @@ from driftloop.deploy.base import MetricsSnapshot, Variant
 from driftloop.lake import tables
 from driftloop.lake.names import BRONZE_LABELS, PREDICTION_LOG, ROLLOUTS
 from driftloop.log import get_logger
+from driftloop.monitoring import psi  # the one PSI rule for canary scores and feature drift
 
 if TYPE_CHECKING:
     from driftloop.deploy.base import DeployTarget
@@ -127,21 +128,6 @@ def window_stats(delta: MetricsSnapshot) -> WindowStats:
         p99_ms=None if p99 is None else p99 * 1000,
         score_counts=_per_bucket(delta.score_buckets),
     )
-
-
-def psi(expected: tuple[float, ...], actual: tuple[float, ...], smoothing: float = 0.5) -> float:
-    """Population stability index of two binned distributions.
-
-    Bins empty on both sides are left out; the others get ``smoothing`` pseudo-counts
-    (Jeffreys), so a bin empty on one side by chance costs a bounded amount, not log(1/ε).
-    """
-    if len(expected) != len(actual):
-        raise ValueError(f"PSI needs the same bins: {len(expected)} vs {len(actual)}")
-    if not sum(expected) or not sum(actual):
-        raise ValueError("PSI of an empty distribution is undefined")
-    pairs = [(e + smoothing, a + smoothing) for e, a in zip(expected, actual, strict=True) if e or a]
-    e_total, a_total = sum(e for e, _ in pairs), sum(a for _, a in pairs)
-    return sum((a / a_total - e / e_total) * math.log((a / a_total) / (e / e_total)) for e, a in pairs)
 
 
 def psi_noise(expected: tuple[float, ...], actual: tuple[float, ...]) -> float:
@@ -489,7 +475,7 @@ class Rollout:
         weight = self.rules.steps[step]
         self.target.set_canary_weight(weight)
         baselines = {v: snapshot_to_dict(self.target.metrics(v)) for v in ("stable", "canary")}
-        reference = self._stable_reference(state)
+        reference = state.details.get("stable_reference")
         record = self._record(
             state,
             "step",
@@ -629,9 +615,6 @@ class Rollout:
                 on_window(plan.record, verdict, plan.window)
             plan = self.handle_window(verdict, plan.window, actor)
         return plan.record
-
-    def _stable_reference(self, state: RolloutRecord) -> dict[str, Any] | None:
-        return state.details.get("stable_reference")
 
     def promote(self, actor: str, reason: str) -> RolloutRecord:
         """The canary becomes stable and champion; the old champion stays addressable as ``previous``."""
