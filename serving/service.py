@@ -28,6 +28,7 @@ from driftloop.log import get_logger
 with bentoml.importing():
     from driftloop.registry import Registry
     from driftloop.retraining import load_scorer
+    from driftloop.servers import resolve_model_version
 
 SETTINGS = get_settings()
 SERVING = SETTINGS.serving
@@ -75,24 +76,8 @@ DRILL_LATENCY_TAG = "driftloop.drill.latency_ms"
 
 def drill_delay_s(version: str) -> float:
     """The injected delay of a version tagged for a rollout drill, in seconds (0: none)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=SETTINGS.tracking_uri, registry_uri=SETTINGS.tracking_uri)
-    tags = client.get_model_version(SETTINGS.registered_model, version).tags
+    tags = Registry(SETTINGS).client.get_model_version(SETTINGS.registered_model, version).tags
     return max(0.0, float(tags.get(DRILL_LATENCY_TAG, 0) or 0)) / 1000
-
-
-def resolve_version(model_ref: str) -> str:
-    """An alias (champion, challenger, previous) or a version number, as a version number."""
-    if model_ref.isdigit():
-        return model_ref
-    version = Registry(SETTINGS).alias_version(model_ref)
-    if version is None:
-        raise LookupError(
-            f"registered model {SETTINGS.registered_model!r} has no alias {model_ref!r}: "
-            "set DRIFTLOOP_SERVING__MODEL_REF to an existing alias or version"
-        )
-    return str(version.version)
 
 
 def _route_library_logs() -> None:
@@ -236,7 +221,7 @@ class ModelService:
 
     def _load(self) -> None:
         try:
-            version = resolve_version(SERVING.model_ref)
+            version = resolve_model_version(SETTINGS, SERVING.model_ref)
             scorer = load_scorer(SETTINGS, f"models:/{SETTINGS.registered_model}/{version}")
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
