@@ -132,7 +132,7 @@ class CanaryRolloutOperator(BaseOperator):
         self.log.info(
             "rollout %s of version %s: resuming from phase %s", self.rollout_id, state.version, state.phase
         )
-        return self._continue(rollout.resume(self.actor))
+        return self._continue(rollout, rollout.resume(self.actor))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         from driftloop.rollout import Verdict
@@ -140,7 +140,7 @@ class CanaryRolloutOperator(BaseOperator):
         rollout = _rollout(self.rollout_id)
         if event.get("command"):
             return self._continue(
-                rollout.handle_command(event["command"], event.get("actor"), event.get("reason"))
+                rollout, rollout.handle_command(event["command"], event.get("actor"), event.get("reason"))
             )
         verdict = Verdict(**{**event["verdict"], "reasons": tuple(event["verdict"]["reasons"])})
         window = int(event.get("window", 0))
@@ -151,12 +151,12 @@ class CanaryRolloutOperator(BaseOperator):
             "; ".join(verdict.reasons) or "all checks passed",
             {k: v for k, v in verdict.metrics.items() if k != "stable_window"},
         )
-        return self._continue(rollout.handle_window(verdict, window, self.actor))
+        return self._continue(rollout, rollout.handle_window(verdict, window, self.actor))
 
-    def _continue(self, plan: Any) -> dict[str, Any]:
+    def _continue(self, rollout: Any, plan: Any) -> dict[str, Any]:
         if plan.done:
             return self._result(plan.record)
-        interval = _rollout(self.rollout_id).rules.analysis_interval_s
+        interval = rollout.rules.analysis_interval_s
         self.log.info(
             "step %d: canary at %d%%, analysing %.0f s (window %d)",
             plan.record.step,
