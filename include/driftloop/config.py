@@ -220,6 +220,19 @@ class MonitoringSettings(BaseModel):
     )
 
 
+class FeedbackSettings(BaseModel):
+    """How people's false-positive/false-negative feedback is accepted (DRIFTLOOP_FEEDBACK__*)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_items: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Most feedback items one submission may carry; larger ones are refused (400).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything that differs between runs, places and profiles."""
 
@@ -274,6 +287,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     rollout: RolloutSettings = RolloutSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     deploy_target: Literal["local", "kubernetes"] | None = Field(
         None, description="Where models are rolled out. None: follows the profile."
     )

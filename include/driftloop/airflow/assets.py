@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, AssetWatcher
 
-from driftloop.airflow.asset_names import BRONZE_EVENTS, CHALLENGER, CHAMPION, DRIFT, FEATURES, LANDING
+from driftloop.airflow.asset_names import (
+    BRONZE_EVENTS,
+    CHALLENGER,
+    CHAMPION,
+    DRIFT,
+    FEATURES,
+    FEEDBACK,
+    LANDING,
+)
 from driftloop.airflow.triggers import LandingFilesTrigger
 from driftloop.config import get_settings
 
@@ -42,3 +50,8 @@ def challenger_asset() -> Asset:
 def champion_asset() -> Asset:
     """The champion alias moved (first model, promotion or rollback)."""
     return Asset(name=CHAMPION)
+
+
+def feedback_asset() -> Asset:
+    """People's false-positive/false-negative feedback was recorded; events carry the counts."""
+    return Asset(name=FEEDBACK)

@@ -19,3 +19,4 @@ def delta_rs_uri(uri: str) -> str:
 PREDICTION_LOG = "prediction_log"
 ROLLOUTS = "rollouts"
 DRIFT_METRICS = "drift_metrics"
+FEEDBACK = "feedback"
