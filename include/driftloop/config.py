@@ -167,6 +167,27 @@ class RolloutSettings(BaseModel):
         return self
 
 
+class ApprovalSettings(BaseModel):
+    """Whether a person must approve a challenger before its canary (DRIFTLOOP_APPROVAL__*)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    require_approval: bool = Field(
+        False,
+        description="Hold every challenger before its canary until someone approves it through the "
+        "review_challenger DAG (REST or UI); False: canaries start on their own.",
+    )
+    approval_timeout_minutes: float = Field(
+        1440.0,
+        gt=0,
+        description="A challenger nobody approved within this many minutes is rejected "
+        "('approval timed out') and never canaried.",
+    )
+    poll_seconds: float = Field(
+        5.0, gt=0, description="How often the waiting deploy_model run looks for a decision."
+    )
+
+
 class MonitoringSettings(BaseModel):
     """How the prediction log's drift from a version's reference is judged (DRIFTLOOP_MONITORING__*)."""
 
@@ -286,6 +307,7 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     serving: ServingSettings = ServingSettings()
     rollout: RolloutSettings = RolloutSettings()
+    approval: ApprovalSettings = ApprovalSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     deploy_target: Literal["local", "kubernetes"] | None = Field(
