@@ -21,7 +21,7 @@ import pyarrow as pa
 from driftloop.config import RolloutSettings, Settings
 from driftloop.deploy.base import MetricsSnapshot, Variant
 from driftloop.lake import tables
-from driftloop.lake.names import BRONZE_LABELS, PREDICTION_LOG, ROLLOUTS
+from driftloop.lake.names import ROLLOUTS
 from driftloop.log import get_logger
 from driftloop.monitoring import psi  # the one PSI rule for canary scores and feature drift
 
@@ -232,36 +232,32 @@ def judge(
 def labelled_stats(
     settings: Settings, versions: Mapping[str, str], since: datetime
 ) -> dict[str, LabelledStats]:
-    """Precision/recall per variant from the prediction log joined with the labels that arrived."""
-    predictions = tables.open_table(settings, PREDICTION_LOG)
-    labels = tables.open_table(settings, BRONZE_LABELS)
-    if predictions is None or labels is None:
-        return {}
-    from deltalake import QueryBuilder
+    """Precision/recall per variant of its predictions since ``since`` whose labels have arrived.
+
+    Labels are late labels and accepted feedback, as :func:`driftloop.feedback.labelled_predictions`
+    joins them (the most recent label of an event wins).
+    """
+    import pyarrow.compute as pc
 
     from driftloop.dataset import get_dataset_spec
+    from driftloop.feedback import labelled_predictions
 
-    spec = get_dataset_spec()
-    cutoff = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    sql = f"""
-        SELECT p.variant, p.model_version,
-               COUNT(*) AS labelled,
-               SUM(CASE WHEN p.decision AND CAST(l.{spec.label} AS INT) = 1 THEN 1 ELSE 0 END) AS tp,
-               SUM(CASE WHEN p.decision THEN 1 ELSE 0 END) AS predicted_pos,
-               SUM(CASE WHEN CAST(l.{spec.label} AS INT) = 1 THEN 1 ELSE 0 END) AS actual_pos
-        FROM p JOIN (SELECT DISTINCT {spec.event_id}, {spec.label} FROM l) l
-          ON p.event_id = l.{spec.event_id}
-        WHERE p.predicted_at >= TIMESTAMP '{cutoff}'
-        GROUP BY p.variant, p.model_version
-    """
-    rows = pa.table(QueryBuilder().register("p", predictions).register("l", labels).execute(sql)).to_pylist()
+    rows = labelled_predictions(settings, get_dataset_spec(), since=since, model_versions=versions.values())
+    positive = pc.equal(rows["label"], 1)
+    counts = (
+        rows.select(["variant", "model_version", "decision"])
+        .append_column("tp", pc.and_(rows["decision"], positive))
+        .append_column("actual_pos", positive)
+        .group_by(["variant", "model_version"])
+        .aggregate([("decision", "count"), ("decision", "sum"), ("tp", "sum"), ("actual_pos", "sum")])
+    )
     out: dict[str, LabelledStats] = {}
-    for row in rows:
+    for row in counts.to_pylist():
         if versions.get(row["variant"]) != row["model_version"]:
             continue
-        tp, pp, ap = row["tp"] or 0, row["predicted_pos"] or 0, row["actual_pos"] or 0
+        tp, pp, ap = row["tp_sum"] or 0, row["decision_sum"] or 0, row["actual_pos_sum"] or 0
         out[row["variant"]] = LabelledStats(
-            labelled=int(row["labelled"]),
+            labelled=int(row["decision_count"]),
             precision=tp / pp if pp else None,
             recall=tp / ap if ap else None,
         )

@@ -139,7 +139,7 @@ def test_the_weight_ladder_must_increase_and_end_at_full_traffic(steps):
 
 
 def test_online_precision_and_recall_join_the_prediction_log_with_late_labels(settings):
-    """Real Delta tables, labels as ingest writes them (a 0/1 long), predictions of two variants."""
+    """Real Delta tables, labels as ingest writes them (a 0/1 long and its label time), two variants."""
     from datetime import UTC, datetime, timedelta
 
     import pyarrow as pa
@@ -158,7 +158,9 @@ def test_online_precision_and_recall_join_the_prediction_log_with_late_labels(se
     ]
     log = pa.table(
         {
+            "request_id": [f"r-{p[1]}" for p in predictions],
             "event_id": [p[1] for p in predictions],
+            "score": [0.9 if p[4] else 0.1 for p in predictions],
             "model_version": [p[2] for p in predictions],
             "variant": [p[3] for p in predictions],
             "decision": [p[4] for p in predictions],
@@ -172,6 +174,7 @@ def test_online_precision_and_recall_join_the_prediction_log_with_late_labels(se
         {
             "event_id": [p[1] for p in predictions] + ["s0"],  # a duplicate label row counts once
             "is_fraud": pa.array([int(p[5]) for p in predictions] + [1], pa.int64()),
+            "label_time": pa.array([now] * (len(predictions) + 1), pa.timestamp("us", tz="UTC")),
         }
     )
     write_deltalake(tables.delta_rs_uri(settings.table_uri(PREDICTION_LOG)), log)
