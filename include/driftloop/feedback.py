@@ -248,48 +248,50 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _chunks(values: Iterable[str]) -> Iterable[str]:
-    unique = sorted(set(values))
+def _rows_by_request(
+    settings: Settings, name: str, columns: str, request_ids: Iterable[str], where: str, order_by: str
+) -> list[dict[str, Any]]:
+    """Rows of table ``name`` for ``request_ids`` (in bounded IN lists), each id's rows in order."""
+    table = tables.open_table(settings, name)
+    if table is None:
+        return []
+    unique = sorted(set(request_ids))
+    rows: list[dict[str, Any]] = []
     for start in range(0, len(unique), _ID_CHUNK):
-        yield ", ".join(_sql_string(v) for v in unique[start : start + _ID_CHUNK])
+        chunk = ", ".join(_sql_string(v) for v in unique[start : start + _ID_CHUNK])
+        sql = f"SELECT {columns} FROM t WHERE {where} AND request_id IN ({chunk}) ORDER BY {order_by}"
+        rows += tables.query(table, sql).to_pylist()
+    return rows
 
 
 def logged_decisions(settings: Settings, request_ids: Iterable[str]) -> dict[str, LoggedDecision]:
     """The prediction log's decision for each of ``request_ids`` that it holds (latest if logged twice)."""
-    table = tables.open_table(settings, PREDICTION_LOG)
-    if table is None:
-        return {}
-    out: dict[str, LoggedDecision] = {}
-    for chunk in _chunks(request_ids):
-        rows = tables.query(
-            table,
-            "SELECT request_id, event_id, decision, model_version, score FROM t "
-            f"WHERE request_id IN ({chunk}) ORDER BY predicted_at",
-        ).to_pylist()
-        for row in rows:  # oldest first: the latest logging of a request wins
-            out[row["request_id"]] = LoggedDecision(
-                row["event_id"], bool(row["decision"]), row["model_version"], row["score"]
-            )
-    return out
+    rows = _rows_by_request(
+        settings,
+        PREDICTION_LOG,
+        "request_id, event_id, decision, model_version, score",
+        request_ids,
+        where="TRUE",
+        order_by="predicted_at",
+    )
+    # oldest first: the latest logging of a request wins
+    return {
+        r["request_id"]: LoggedDecision(r["event_id"], bool(r["decision"]), r["model_version"], r["score"])
+        for r in rows
+    }
 
 
 def accepted_feedback(
     settings: Settings, request_ids: Iterable[str], *, excluding_submission: str | None = None
 ) -> dict[str, str]:
     """Request id → submission id for those of ``request_ids`` that already have accepted feedback."""
-    table = tables.open_table(settings, FEEDBACK)
-    if table is None:
-        return {}
-    exclude = f"AND submission_id <> {_sql_string(excluding_submission)}" if excluding_submission else ""
-    out: dict[str, str] = {}
-    for chunk in _chunks(request_ids):
-        rows = tables.query(
-            table,
-            "SELECT request_id, submission_id FROM t "
-            f"WHERE status = 'accepted' AND request_id IN ({chunk}) {exclude} ORDER BY received_at",
-        ).to_pylist()
-        out |= {r["request_id"]: r["submission_id"] for r in rows}
-    return out
+    where = "status = 'accepted'"
+    if excluding_submission:
+        where += f" AND submission_id <> {_sql_string(excluding_submission)}"
+    rows = _rows_by_request(
+        settings, FEEDBACK, "request_id, submission_id", request_ids, where=where, order_by="received_at"
+    )
+    return {r["request_id"]: r["submission_id"] for r in rows}
 
 
 def _app_id(submission_id: str) -> str:
