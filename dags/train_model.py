@@ -27,14 +27,16 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, g
 from driftloop.airflow.assets import challenger_asset, champion_asset, drift_asset, features_asset
 from driftloop.config import get_settings
 
-CHALLENGER, CHAMPION = challenger_asset(), champion_asset()
+CHALLENGER, CHAMPION, DRIFT = challenger_asset(), champion_asset(), drift_asset()
 _defaults = get_settings().training
 
 
 @dag(
     dag_id="train_model",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=features_asset() | drift_asset()
+        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
+        # DRIFTLOOP_TRAINING__RETRAIN_ON_FEATURES=false leaves drift (and cron, REST) as the triggers
+        assets=features_asset() | drift_asset() if _defaults.retrain_on_features else drift_asset(),
     ),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
@@ -88,8 +90,18 @@ def train_model():
         from driftloop.retraining import RetrainRequest, prepare_training_data, resolve_trigger
 
         settings = get_settings()
-        assets = [getattr(a, "name", str(a)) for a in (triggering_asset_events or {})]
-        trigger, reason = resolve_trigger(dag_run.run_type, assets, params.get("reason"))
+        events = triggering_asset_events or {}
+        assets = [getattr(a, "name", str(a)) for a in events]
+        # a drift event says what drifted: that is the reason recorded in the lineage
+        drift_reasons = [
+            str(e.extra["reason"])
+            for a, evs in events.items()
+            if getattr(a, "name", str(a)) == DRIFT.name
+            for e in evs
+            if (e.extra or {}).get("reason")
+        ]
+        reason = params.get("reason") or (drift_reasons[-1][:500] if drift_reasons else None)
+        trigger, reason = resolve_trigger(dag_run.run_type, assets, reason)
         request = RetrainRequest.parse(
             run_key=dag_run.run_id,
             trigger=trigger,

@@ -41,6 +41,11 @@ class TrainingSettings(BaseModel):
     )
     min_rows: int = Field(500, ge=10, description="Fewer labelled events than this: refuse to train.")
     min_positives: int = Field(10, ge=2, description="Fewer positive labels than this: refuse to train.")
+    retrain_on_features: bool = Field(
+        True,
+        description="Every new features table version starts train_model. Off: only drift, the daily "
+        "backstop and REST calls retrain (the closed-loop demo runs this way).",
+    )
     seed: int = Field(42, description="Seed of the sampler and of LightGBM.")
     num_threads: int = Field(
         1,
@@ -118,6 +123,53 @@ class ServingSettings(BaseModel):
         description="Prometheus HTTP API the kubernetes target reads serving metrics from "
         "(e.g. http://prometheus.monitoring:9090); None: metrics() refuses with what to set.",
     )
+
+
+class SparkJobSettings(BaseModel):
+    """Where the Spark feature job runs and, on Kubernetes, its pods (DRIFTLOOP_SPARK_JOB__*)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    runner: Literal["local", "kubernetes"] | None = Field(
+        None,
+        description="local: in the task's process on the local Spark session; kubernetes: a driver "
+        "Pod with executor Pods (Spark on Kubernetes, cluster mode). None: follows the profile.",
+    )
+    image: str = Field(
+        "ghcr.io/driftloop/spark-job:0.1.0",
+        description="Spark job image (pinned tag) of the driver and executor pods.",
+    )
+    namespace: str = Field(
+        "spark-jobs", description="Namespace of the driver and executor pods (terraform k8s-namespaces)."
+    )
+    service_account: str = Field(
+        "spark-driver",
+        description="Service account of the driver (it creates its executors) and of the executors.",
+    )
+    s3_credentials_secret: str = Field(
+        "driftloop-spark",
+        description="Secret in the namespace with keys aws-access-key-id and aws-secret-access-key, "
+        "read by reference; empty: the service account's workload identity (IRSA) instead.",
+    )
+    jars_dir: str = Field(
+        "/opt/driftloop/spark-jars", description="Folder of the Delta and hadoop-aws jars inside the image."
+    )
+    driver_cores: int = Field(1, ge=1, le=32, description="CPU request of the driver (the limit is twice).")
+    driver_memory_mib: int = Field(
+        2048, ge=512, description="Driver JVM heap; the pod gets 40% more for Python and off-heap memory."
+    )
+    executor_instances: int = Field(2, ge=1, le=200, description="Executor pods of one run.")
+    executor_cores: int = Field(2, ge=1, le=32, description="Cores (task slots) of one executor.")
+    executor_memory_mib: int = Field(
+        4096, ge=512, description="Executor JVM heap; Spark adds its memory overhead to the pod."
+    )
+    run_as_user: int = Field(
+        10001, ge=10000, description="Non-root UID and GID of driver and executors (no host account)."
+    )
+    timeout_minutes: float = Field(
+        120.0, gt=0, description="A driver still unfinished after this long is deleted and the task fails."
+    )
+    poll_seconds: float = Field(5.0, gt=0, description="How often the task reads the driver pod's state.")
 
 
 class RolloutSettings(BaseModel):
@@ -239,6 +291,24 @@ class MonitoringSettings(BaseModel):
     report_retention_days: float = Field(
         30.0, gt=0, description="HTML drift reports older than this many days are deleted."
     )
+    schedule: str = Field(
+        "*/5 * * * *", description="Cron of monitor_drift's backstop runs (new predictions also start one)."
+    )
+    window_minutes: float = Field(
+        15.0, gt=0, description="Length of the prediction-log window each monitor_drift run judges."
+    )
+    watch_poll_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often the prediction-log watcher looks for new predictions (and so the most "
+        "often new traffic starts a monitor_drift run).",
+    )
+    report_sample_rows: int = Field(
+        5000,
+        ge=100,
+        le=100_000,
+        description="Training rows kept with each version as the reference of its Evidently report.",
+    )
 
 
 class FeedbackSettings(BaseModel):
@@ -251,6 +321,25 @@ class FeedbackSettings(BaseModel):
         ge=1,
         le=10_000,
         description="Most feedback items one submission may carry; larger ones are refused (400).",
+    )
+
+
+class LoopSettings(BaseModel):
+    """When a drift breach may start a retrain: guard rails against a retrain storm (DRIFTLOOP_LOOP__*)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cooldown_minutes: float = Field(
+        60.0, ge=0, description="No automatic retrain within this many minutes of the previous one."
+    )
+    max_retrains_per_day: int = Field(
+        4, ge=0, description="Automatic retrains allowed in any 24 hours (0: drift never retrains)."
+    )
+    breach_poll_seconds: float = Field(
+        5.0, gt=0, description="How often the drift sensor's trigger reads the monitoring results."
+    )
+    sensor_timeout_minutes: float = Field(
+        60.0, gt=0, description="A watch_drift run that saw no breach ends after this long; the next starts."
     )
 
 
@@ -284,9 +373,15 @@ class Settings(BaseSettings):
         description="Folder with the Delta (and hadoop-aws) jars fetched by `make setup`.",
     )
     spark_driver_memory: str = Field("4g", description="spark.driver.memory for local sessions.")
+    spark_driver_host: str = Field(
+        "127.0.0.1",
+        description="IP address the Spark driver binds to and executors reach it on: loopback here; a "
+        "driver pod gets its pod IP.",
+    )
     spark_shuffle_partitions: int = Field(
         8, ge=1, description="Initial shuffle partitions; AQE coalesces them further."
     )
+    spark_job: SparkJobSettings = SparkJobSettings()
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (e.g. a local object store); None: AWS."
     )
@@ -310,6 +405,7 @@ class Settings(BaseSettings):
     approval: ApprovalSettings = ApprovalSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    loop: LoopSettings = LoopSettings()
     deploy_target: Literal["local", "kubernetes"] | None = Field(
         None, description="Where models are rolled out. None: follows the profile."
     )

@@ -47,6 +47,7 @@ DATASET = "__dataset__"
 """The ``feature`` of the row carrying the dataset-level verdict (share of drifted features)."""
 OTHER, UNSEEN, MISSING = "__other__", "__unseen__", "__missing__"
 REFERENCE_TAG = "driftloop.reference"
+REFERENCE_SAMPLE_TAG = "driftloop.reference_sample"
 REFERENCE_FORMAT = 1
 REPORTS_DIR = "reports/drift"
 # scipy's own cut-over: below it ks_2samp computes exact p-values, above it the asymptotic one
@@ -690,10 +691,42 @@ def save_reference(
         )
     path = f"monitoring/reference_v{version}.json"
     registry.client.log_text(model_version.run_id, reference.to_json(), path)
-    registry.tag_version(str(version), {REFERENCE_TAG: path})
+    sample_path = _log_reference_sample(registry, model_version.run_id, str(version), frame, settings)
+    registry.tag_version(str(version), {REFERENCE_TAG: path, REFERENCE_SAMPLE_TAG: sample_path})
     _REFERENCE_CACHE[(settings.tracking_uri, registry.name, str(version))] = reference
     log.info("monitoring.reference_saved", version=str(version), rows=reference.rows, path=path)
     return reference
+
+
+def _log_reference_sample(
+    registry: Any, run_id: str, version: str, frame: pd.DataFrame, settings: Settings
+) -> str:
+    """A bounded sample of the raw reference rows, the reference side of the Evidently report."""
+    limit = settings.monitoring.report_sample_rows
+    sample = frame.sample(n=limit, random_state=0) if len(frame) > limit else frame
+    folder, name = "monitoring", f"reference_sample_v{version}.parquet"
+    with tempfile.TemporaryDirectory(prefix="driftloop-reference-") as scratch:
+        local = Path(scratch) / name
+        sample.reset_index(drop=True).to_parquet(local, index=False)
+        registry.client.log_artifact(run_id, str(local), folder)
+    return f"{folder}/{name}"
+
+
+def load_reference_sample(settings: Settings, version: str) -> pd.DataFrame:
+    """The raw reference rows saved with ``version`` (for the HTML report, not for decisions)."""
+    from driftloop.registry import Registry
+
+    registry = Registry(settings)
+    model_version = registry.client.get_model_version(registry.name, str(version))
+    path = model_version.tags.get(REFERENCE_SAMPLE_TAG)
+    if not path or not model_version.run_id:
+        raise ReferenceNotFound(
+            f"model version {version} of {registry.name} has no reference sample: it was registered "
+            "before references were saved; retrain to get one"
+        )
+    with tempfile.TemporaryDirectory(prefix="driftloop-reference-") as scratch:
+        local = registry.client.download_artifacts(model_version.run_id, path, scratch)
+        return pd.read_parquet(local)
 
 
 def load_reference(settings: Settings, version: str) -> ReferenceStats:
@@ -849,3 +882,82 @@ def prune_reports(settings: Settings, now: datetime) -> list[str]:
     if deleted:
         log.info("monitoring.reports_pruned", deleted=len(deleted), cutoff=cutoff.isoformat())
     return deleted
+
+
+# --- one monitor_drift run ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowVerdict:
+    """What one monitor_drift run found for the serving version, as XCom and Asset payloads carry it."""
+
+    model_version: str
+    window_start: datetime
+    window_end: datetime
+    rows: int
+    status: Status
+    dataset_drifted: bool | None
+    score_drifted: bool | None
+    drifted_features: list[str]
+    table_version: int
+    written: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+        }
+
+
+def monitor_window(settings: Settings, model_version: str, window_end: datetime) -> WindowVerdict:
+    """Judge the ``window_minutes`` of predictions before ``window_end`` and write the rows once.
+
+    The window is a function of ``window_end`` only (the run's logical moment), so a retried or
+    re-run task reads the same rows and writes nothing twice.
+    """
+    reference = load_reference(settings, model_version)
+    end = _utc(window_end)
+    start = end - timedelta(minutes=settings.monitoring.window_minutes)
+    frame = read_window(settings, reference.kinds(), start, end, model_version)
+    report = compute_drift(reference, frame, settings.monitoring, start, end)
+    written = write_drift(settings, report)
+    return WindowVerdict(
+        model_version=str(model_version),
+        window_start=start,
+        window_end=end,
+        rows=report.rows,
+        status=report.status,
+        dataset_drifted=report.dataset_drifted,
+        score_drifted=report.score_drifted,
+        drifted_features=report.drifted_features,
+        table_version=written.version,
+        written=written.written,
+    )
+
+
+def render_window_report(
+    settings: Settings, model_version: str, window_start: datetime, window_end: datetime
+) -> str | None:
+    """The Evidently HTML report of a judged window, at :func:`report_uri`; None when too few rows.
+
+    Already rendered (a retry) → the same URI, without rendering again.
+    """
+    uri = report_uri(settings, model_version, window_start, window_end)
+    fs, path = _lake_filesystem(settings, uri)
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        return uri
+    reference_rows = load_reference_sample(settings, model_version)
+    kinds = {
+        name: kind
+        for name, kind in load_reference(settings, model_version).kinds().items()
+        if name in reference_rows.columns
+    }
+    current = read_window(settings, kinds, window_start, window_end, model_version)
+    if len(current) < settings.monitoring.min_rows:
+        log.info("monitoring.report_skipped", version=model_version, rows=len(current))
+        return None
+    evidently_report(reference_rows, current, kinds, settings, uri)
+    log.info("monitoring.report_rendered", version=model_version, uri=uri, rows=len(current))
+    return uri

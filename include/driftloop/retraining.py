@@ -308,12 +308,18 @@ def register_candidate(
     import mlflow
     from mlflow.models import infer_signature
 
+    from driftloop.monitoring import REFERENCE_TAG
+
     registry = Registry(settings)
     existing = registry.find_version(request.run_key)
-    if existing is not None:
+    if existing is not None and REFERENCE_TAG in existing.tags:
         return str(existing.version)
     frame = load_prepared(settings, data)
     split = _split(frame, spec, settings)
+    if existing is not None:  # registered, but the attempt died before its reference was saved
+        scorer = load_scorer(settings, f"models:/{registry.name}/{existing.version}")
+        _save_reference(settings, spec, str(existing.version), split, scorer)
+        return str(existing.version)
     encoder = FeatureEncoder.fit(split.train, spec)
     booster = fit_final(split, encoder, spec, tuning, settings.training)
     example = encoder.transform(split.holdout.head(5))
@@ -343,7 +349,24 @@ def register_candidate(
         "mlflow.run_id": parent,
     }
     version = registry.register(info.model_uri, parent, request.run_key, tags, model_id=info.model_id)
+    _save_reference(settings, spec, str(version.version), split, ModelScorer(booster, encoder))
     return str(version.version)
+
+
+def _save_reference(
+    settings: Settings, spec: DatasetSpec, version: str, split: TimeSplit, scorer: ModelScorer
+) -> None:
+    """Monitoring's reference for the version: the validation and holdout rows with their scores.
+
+    The most recent part of the training range, the rows the version was chosen on, is what
+    production traffic should look like; the oldest rows would make recent drift look smaller.
+    """
+    from driftloop.monitoring import SCORE, save_reference
+
+    recent = pd.concat([split.validation, split.holdout], ignore_index=True)
+    reference = recent[list(spec.model_features)].copy()
+    reference[SCORE] = scorer.score(recent)
+    save_reference(settings, version, reference)
 
 
 def load_scorer(settings: Settings, model_uri: str) -> ModelScorer:

@@ -16,7 +16,9 @@ from driftloop.airflow.asset_names import (
     FEATURES,
     FEEDBACK,
     LANDING,
+    PREDICTION_LOG,
 )
+from driftloop.airflow.monitoring import PredictionLogTrigger
 from driftloop.airflow.triggers import LandingFilesTrigger
 from driftloop.config import get_settings
 
@@ -55,3 +57,9 @@ def champion_asset() -> Asset:
 def feedback_asset() -> Asset:
     """People's false-positive/false-negative feedback was recorded; events carry the counts."""
     return Asset(name=FEEDBACK)
+
+
+def prediction_log_asset() -> Asset:
+    """The prediction log received new predictions, announced by a watcher in the triggerer."""
+    trigger = PredictionLogTrigger(poll_seconds=get_settings().monitoring.watch_poll_seconds)
+    return Asset(name=PREDICTION_LOG, watchers=[AssetWatcher(name="prediction_log", trigger=trigger)])

@@ -19,4 +19,6 @@ def delta_rs_uri(uri: str) -> str:
 PREDICTION_LOG = "prediction_log"
 ROLLOUTS = "rollouts"
 DRIFT_METRICS = "drift_metrics"
+RETRAIN_TRIGGERS = "retrain_triggers"
 FEEDBACK = "feedback"
+APPROVALS = "approvals"

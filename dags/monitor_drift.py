@@ -1,0 +1,75 @@
+"""
+### monitor_drift
+
+Judges the serving version's recent predictions against the reference saved with that version
+when it was registered (the rows it was validated on, with their scores).
+
+1. **judge_window** — the `window_minutes` of the prediction log before the run's moment, for the
+   `champion` version: PSI / KS / chi-square per feature and for the score, a dataset verdict
+   (share of drifted features), all written to the `drift_metrics` Delta table once per window.
+   An empty or too small window is an explicit `no_data` / `insufficient_data` result, never a pass.
+2. **render_report** — the Evidently HTML report of the same window in the lake
+   (`reports/drift/v<version>/<window>.html`), and reports past their retention deleted.
+
+Triggers: new predictions in the log (`driftloop.prediction_log`, announced by a watcher in the
+triggerer) and a cron backstop (`DRIFTLOOP_MONITORING__SCHEDULE`). The `watch_drift` DAG reads the
+results and decides whether a breach starts a retrain.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+
+from driftloop.airflow.assets import prediction_log_asset
+from driftloop.config import get_settings
+
+
+@dag(
+    dag_id="monitor_drift",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(get_settings().monitoring.schedule, timezone="UTC"),
+        assets=prediction_log_asset(),
+    ),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
+    tags=["driftloop", "monitoring"],
+    doc_md=__doc__,
+)
+def monitor_drift():
+    @task
+    def judge_window(dag_run=None) -> dict:
+        """Drift of the champion's window ending at the run's moment, written to drift_metrics."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from driftloop.monitoring import monitor_window
+        from driftloop.registry import CHAMPION, Registry
+
+        settings = get_settings()
+        champion = Registry(settings).alias_version(CHAMPION)
+        if champion is None:
+            raise AirflowSkipException("no champion is serving yet: nothing to monitor")
+        # the run's moment, not the clock: a retry judges the same window
+        window_end = dag_run.run_after.replace(microsecond=0)
+        return monitor_window(settings, str(champion.version), window_end).as_dict()
+
+    @task
+    def render_report(verdict: dict) -> str | None:
+        """The window's Evidently report (None when it has too few rows), and retention."""
+        from driftloop.monitoring import prune_reports, render_window_report
+
+        settings = get_settings()
+        window_end = datetime.fromisoformat(verdict["window_end"])
+        uri = render_window_report(
+            settings, verdict["model_version"], datetime.fromisoformat(verdict["window_start"]), window_end
+        )
+        prune_reports(settings, window_end)
+        return uri
+
+    render_report(judge_window())
+
+
+monitor_drift()

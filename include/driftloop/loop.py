@@ -1,0 +1,242 @@
+"""Closing the loop: which drift breach of the serving version starts a retrain, under guard rails.
+
+A breach is a judged window whose dataset verdict (share of drifted features) or score verdict
+is drift. Every breach the drift sensor acts on is decided once — retrain or suppressed, with the
+reason — and recorded in the ``retrain_triggers`` table; the guard rails (cooldown after a
+retrain, a cap on retrains per 24 hours) read that record, so a retrain storm cannot happen
+however often monitoring finds drift, and a retried task decides nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from driftloop.config import Settings
+from driftloop.lake import tables
+from driftloop.lake.names import DRIFT_METRICS, RETRAIN_TRIGGERS
+from driftloop.log import get_logger
+from driftloop.monitoring import DATASET, SCORE, report_uri
+
+log = get_logger(__name__)
+
+Outcome = Literal["retrain", "suppressed"]
+_DAY = timedelta(days=1)
+
+TRIGGERS_SCHEMA = pa.schema(
+    [
+        ("breach_id", pa.string()),
+        ("model_version", pa.string()),
+        ("window_start", pa.timestamp("us", tz="UTC")),
+        ("window_end", pa.timestamp("us", tz="UTC")),
+        ("outcome", pa.string()),
+        ("reason", pa.string()),
+        ("decided_at", pa.timestamp("us", tz="UTC")),
+        ("run_id", pa.string()),
+        ("breach", pa.string()),
+    ]
+)
+
+
+class LoopError(RuntimeError):
+    """The loop cannot decide as asked; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A judged window of the serving version that drifted, with what the drift Asset event carries."""
+
+    model_version: str
+    window_start: datetime
+    window_end: datetime
+    rows: int
+    dataset_share: float | None
+    dataset_drifted: bool
+    score_drifted: bool
+    score_psi: float | None
+    drifted_features: list[str]
+    feature_scores: dict[str, float]
+    report_uri: str
+
+    @property
+    def breach_id(self) -> str:
+        return f"v{self.model_version}/{self.window_start:%Y%m%dT%H%M%S}-{self.window_end:%Y%m%dT%H%M%S}"
+
+    @property
+    def reason(self) -> str:
+        what = ", ".join(self.drifted_features[:8]) or "no single feature"
+        score = " and the score distribution" if self.score_drifted else ""
+        return f"drift on serving version {self.model_version}: {what}{score} ({self.rows} predictions)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "breach_id": self.breach_id,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Breach:
+        fields = {k: v for k, v in body.items() if k in cls.__dataclass_fields__}
+        for moment in ("window_start", "window_end"):
+            fields[moment] = datetime.fromisoformat(fields[moment])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a breach starts a retrain; when suppressed, why and from when one could."""
+
+    outcome: Outcome
+    reason: str
+    not_before: datetime | None = None
+
+    @property
+    def retrain(self) -> bool:
+        return self.outcome == "retrain"
+
+
+def _check_version(model_version: str) -> str:
+    if not re.fullmatch(r"[\w.-]+", str(model_version)):
+        raise LoopError(f"model version {model_version!r} is not a version name")
+    return str(model_version)
+
+
+def _sql_time(moment: datetime) -> str:
+    return f"TIMESTAMP '{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}'"
+
+
+def find_breach(settings: Settings, model_version: str, after: datetime | None = None) -> Breach | None:
+    """The latest drifted window of ``model_version`` that ended after ``after`` (None: any)."""
+    version = _check_version(model_version)
+    table = tables.open_table(settings, DRIFT_METRICS)
+    if table is None:
+        return None
+    since = f"AND window_end > {_sql_time(after)}" if after is not None else ""
+    latest = tables.query(
+        table,
+        f"""SELECT window_start, window_end FROM t
+            WHERE model_version = '{version}' AND decisive AND drifted
+              AND feature IN ('{DATASET}', '{SCORE}') {since}
+            ORDER BY window_end DESC, window_start DESC LIMIT 1""",
+    ).to_pylist()
+    if not latest:
+        return None
+    start, end = latest[0]["window_start"], latest[0]["window_end"]
+    rows = tables.query(
+        table,
+        f"""SELECT feature, score, drifted, rows FROM t
+            WHERE model_version = '{version}' AND decisive
+              AND window_start = {_sql_time(start)} AND window_end = {_sql_time(end)}""",
+    ).to_pylist()
+    by_feature = {r["feature"]: r for r in rows}
+    dataset, score = by_feature.get(DATASET, {}), by_feature.get(SCORE, {})
+    features = {name: r for name, r in by_feature.items() if name not in (DATASET, SCORE)}
+    return Breach(
+        model_version=version,
+        window_start=start,
+        window_end=end,
+        rows=int(dataset.get("rows") or score.get("rows") or 0),
+        dataset_share=dataset.get("score"),
+        dataset_drifted=bool(dataset.get("drifted")),
+        score_drifted=bool(score.get("drifted")),
+        score_psi=score.get("score"),
+        drifted_features=sorted(name for name, r in features.items() if r["drifted"]),
+        feature_scores={name: r["score"] for name, r in sorted(features.items()) if r["score"] is not None},
+        report_uri=report_uri(settings, version, start, end),
+    )
+
+
+def decisions(settings: Settings) -> list[dict[str, Any]]:
+    """Every recorded decision, oldest first."""
+    table = tables.read_table(settings, RETRAIN_TRIGGERS)
+    if table is None:
+        return []
+    return sorted(table.to_pylist(), key=lambda row: row["decided_at"])
+
+
+def last_decided_window(settings: Settings, model_version: str) -> datetime | None:
+    """End of the latest window of ``model_version`` decided on (breaches up to it are handled)."""
+    ends = [r["window_end"] for r in decisions(settings) if r["model_version"] == str(model_version)]
+    return max(ends, default=None)
+
+
+def guard(settings: Settings, now: datetime, history: list[dict[str, Any]] | None = None) -> Decision:
+    """May a breach start a retrain at ``now``? The guard rails, from the recorded decisions."""
+    rules = settings.loop
+    if rules.max_retrains_per_day == 0:
+        return Decision("suppressed", "automatic retraining is off (DRIFTLOOP_LOOP__MAX_RETRAINS_PER_DAY=0)")
+    history = decisions(settings) if history is None else history
+    retrains = sorted(r["decided_at"] for r in history if r["outcome"] == "retrain")
+    in_last_day = [moment for moment in retrains if moment > now - _DAY]
+    if len(in_last_day) >= rules.max_retrains_per_day:
+        return Decision(
+            "suppressed",
+            f"{len(in_last_day)} automatic retrains in the last 24 h reach the cap of "
+            f"{rules.max_retrains_per_day} (DRIFTLOOP_LOOP__MAX_RETRAINS_PER_DAY)",
+            in_last_day[-rules.max_retrains_per_day] + _DAY,
+        )
+    cooldown = timedelta(minutes=rules.cooldown_minutes)
+    if retrains and now < retrains[-1] + cooldown:
+        return Decision(
+            "suppressed",
+            f"cooling down after the retrain started at {retrains[-1]:%H:%M:%S} UTC "
+            f"({rules.cooldown_minutes:g} min, DRIFTLOOP_LOOP__COOLDOWN_MINUTES)",
+            retrains[-1] + cooldown,
+        )
+    return Decision("retrain", "guard rails allow a retrain")
+
+
+def decide_breach(settings: Settings, breach: Breach, run_id: str, now: datetime) -> Decision:
+    """Decide ``breach`` once and record it; a retried task gets the recorded decision back."""
+    history = decisions(settings)
+    for row in history:
+        if row["breach_id"] == breach.breach_id:
+            return Decision(row["outcome"], row["reason"])
+    decision = guard(settings, now, history)
+    row = {
+        "breach_id": breach.breach_id,
+        "model_version": breach.model_version,
+        "window_start": breach.window_start,
+        "window_end": breach.window_end,
+        "outcome": decision.outcome,
+        "reason": decision.reason,
+        "decided_at": now.astimezone(UTC),
+        "run_id": run_id,
+        "breach": json.dumps(breach.as_dict(), sort_keys=True, default=str),
+    }
+    table = pa.Table.from_pylist([row], schema=TRIGGERS_SCHEMA)
+    tables.idempotent_append(settings, RETRAIN_TRIGGERS, table, f"retrain-trigger/{breach.breach_id}")
+    log.info(
+        "loop.breach_decided",
+        breach_id=breach.breach_id,
+        outcome=decision.outcome,
+        reason=decision.reason,
+        drifted=breach.drifted_features,
+        score_drifted=breach.score_drifted,
+    )
+    return decision
+
+
+def pending_breach(settings: Settings, now: datetime) -> tuple[Breach | None, Decision | None]:
+    """The serving version's undecided breach, and the guard rails' verdict on it right now.
+
+    The drift sensor's trigger calls this on every poll; it fires only when the verdict is a
+    retrain, so while a cooldown holds no run is started for every drifted window.
+    """
+    from driftloop.registry import CHAMPION, Registry
+
+    champion = Registry(settings).alias_version(CHAMPION)
+    if champion is None:
+        return None, None
+    version = str(champion.version)
+    breach = find_breach(settings, version, last_decided_window(settings, version))
+    if breach is None:
+        return None, None
+    return breach, guard(settings, now)
