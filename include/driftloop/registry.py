@@ -8,6 +8,7 @@ move aliases run under one registry-wide lock so concurrent retrains cannot both
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,6 +184,34 @@ class Registry:
     def tag_version(self, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, value)
+
+    def reject_version(
+        self,
+        version: str,
+        *,
+        by: str,
+        reasons: list[str] | tuple[str, ...],
+        actor: str,
+        run_key: str,
+        metrics: dict | None = None,
+        alias_reason: str = "rejected",
+    ) -> None:
+        """Tag ``version`` rejected (by which step, why, with which metrics); it stops being challenger.
+
+        Idempotent: a retry sets the same tags and finds the alias already moved.
+        """
+        challenger = self.alias_version(CHALLENGER)
+        if challenger is not None and str(challenger.version) == str(version):
+            self.move_alias(CHALLENGER, None, actor=actor, run_key=run_key, reason=alias_reason)
+        self.tag_version(
+            str(version),
+            {
+                STATUS_TAG: "rejected",
+                "driftloop.rejected_by": by,
+                "driftloop.rejection": "; ".join(reasons)[:5000],
+                "driftloop.rejection_metrics": json.dumps(metrics or {}, default=str)[:5000],
+            },
+        )
 
     def _record(self, move: AliasMove) -> None:
         from deltalake import write_deltalake

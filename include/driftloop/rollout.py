@@ -659,19 +659,14 @@ class Rollout:
             )
         self.target.set_canary_weight(0)
         self.target.remove("canary")
-        challenger = self.registry.alias_version("challenger")
-        if challenger is not None and str(challenger.version) == state.version:
-            self.registry.move_alias(
-                "challenger", None, actor=actor, run_key=self.rollout_id, reason="rolled back"
-            )
-        self.registry.tag_version(
+        self.registry.reject_version(
             state.version,
-            {
-                "driftloop.status": "rejected",
-                "driftloop.rejected_by": "canary",
-                "driftloop.rejection": "; ".join(reasons)[:5000],
-                "driftloop.rejection_metrics": json.dumps(metrics or {}, default=str)[:5000],
-            },
+            by="canary",
+            reasons=reasons,
+            actor=actor,
+            run_key=self.rollout_id,
+            metrics=metrics,
+            alias_reason="rolled back",
         )
         return self._record(
             state, "rolled_back", actor, weight=0, detail={"reasons": list(reasons), "metrics": metrics or {}}
