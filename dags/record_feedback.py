@@ -90,15 +90,8 @@ def record_feedback():
             )
         except FeedbackError as refused:  # the submission as a whole is unusable: a retry cannot help
             raise AirflowFailException(str(refused)) from refused
-        summary = result.summary()
-        outlet_events[FEEDBACK].extra = {
-            "submission_id": result.submission_id,
-            "accepted": result.accepted,
-            "rejected": result.rejected,
-            "feedback_version": result.feedback_version,
-            "table_uri": settings.table_uri(FEEDBACK_TABLE),
-        }
-        return summary
+        outlet_events[FEEDBACK].extra = result.counts() | {"table_uri": settings.table_uri(FEEDBACK_TABLE)}
+        return result.summary()
 
     record_submission()
 

@@ -128,17 +128,22 @@ class FeedbackResult:
     feedback_version: int
     written: bool
 
-    def summary(self, max_rejections: int = 100) -> dict[str, Any]:
-        """For XCom, logs and the Asset event: counts and (the first) rejections with reasons."""
+    def counts(self) -> dict[str, Any]:
+        """Who, how many accepted and rejected, and the table version: for logs and Asset events."""
         return {
             "submission_id": self.submission_id,
             "submitted_by": self.submitted_by,
             "accepted": self.accepted,
             "rejected": self.rejected,
-            "rejections": list(self.rejections[:max_rejections]),
-            "rejections_not_listed": max(0, len(self.rejections) - max_rejections),
             "feedback_version": self.feedback_version,
             "written": self.written,
+        }
+
+    def summary(self, max_rejections: int = 100) -> dict[str, Any]:
+        """For XCom: the counts and (the first ``max_rejections``) rejections with their reasons."""
+        return self.counts() | {
+            "rejections": list(self.rejections[:max_rejections]),
+            "rejections_not_listed": max(0, len(self.rejections) - max_rejections),
         }
 
 
@@ -347,7 +352,7 @@ def record_feedback(
     if existing is not None and existing.transaction_version(app_id) is not None:
         rows = tables.query(existing, f"SELECT * FROM t WHERE submission_id = {_sql_string(submission_id)}")
         result = _result(rows, submission_id, submitted_by, existing.version(), written=False)
-        log.info("feedback.already_recorded", **result.summary(max_rejections=0))
+        log.info("feedback.already_recorded", **result.counts())
         return result
 
     request_ids = [_raw_field(i, "request_id") for i in items]
@@ -364,7 +369,7 @@ def record_feedback(
     result = _result(rows, submission_id, submitted_by, appended.version, written=appended.written)
     for rejection in result.rejections:
         log.warning("feedback.rejected", submission_id=submission_id, **rejection)
-    log.info("feedback.recorded", **result.summary(max_rejections=0))
+    log.info("feedback.recorded", **result.counts())
     return result
 
 
