@@ -261,9 +261,15 @@ def test_serving_image_matches_what_the_kubernetes_target_renders() -> None:
     assert env["DRIFTLOOP_SERVING__HOST"] == "0.0.0.0"
 
 
-def test_spark_job_image_carries_the_cli_and_the_jars() -> None:
+def test_spark_job_image_matches_what_the_feature_job_pods_expect() -> None:
+    from driftloop.config import SparkJobSettings
+
+    expected = SparkJobSettings()
     spark = Dockerfile(DOCKER / "spark-job" / "Dockerfile")
+    uid = expected.run_as_user
+    assert [rest for key, rest in spark.final_stage() if key == "USER"][-1] == f"{uid}:{uid}"
     env = spark.env()
+    assert env["DRIFTLOOP_SPARK_JARS_DIR"] == expected.jars_dir
     assert env["SPARK_HOME"] == "/opt/driftloop/venv/lib/python3.11/site-packages/pyspark"
     assert env["PYSPARK_PYTHON"].startswith("/opt/driftloop/venv/")
     assert any(rest.endswith(env["DRIFTLOOP_SPARK_JARS_DIR"]) for rest in spark.values("COPY"))
