@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,11 +52,44 @@ curl -sS --fail-with-body -X POST "$AIRFLOW_URL/api/v2/dags/control_rollout/dagR
 """
 TOKEN_LINES = "\n".join(RETRAIN_WITH_CURL.strip().splitlines()[:5])
 
+# The README's feedback recipes (curl after the token lines, and the official Python client), verbatim
+FEEDBACK_WITH_CURL = r"""
+curl -sS --fail-with-body -X POST "$AIRFLOW_URL/api/v2/dags/record_feedback/dagRuns" \
+  -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"logical_date": null, "conf": {"note": "weekly review", "items": [
+        {"request_id": "632a9c0e41d84b6f", "kind": "false_positive", "reason": "customer confirmed it"},
+        {"request_id": "no-such-request", "kind": "false_negative", "reason": "chargeback received"}]}}'
+"""
+FEEDBACK_WITH_PYTHON = r"""
+import json
+import os
+import urllib.request
+
+import airflow_client.client as airflow_client
+from airflow_client.client.api.dag_run_api import DagRunApi
+from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
+
+url = os.environ.get("AIRFLOW_URL", "http://127.0.0.1:8080")
+login = {"username": "admin", "password": os.environ["AIRFLOW_PASSWORD"]}
+request = urllib.request.Request(
+    f"{url}/auth/token", json.dumps(login).encode(), {"Content-Type": "application/json"}
+)
+token = json.load(urllib.request.urlopen(request))["access_token"]
+items = [{"request_id": "7b4e1f02c9a34d58", "kind": "false_negative", "reason": "chargeback received"}]
+with airflow_client.ApiClient(airflow_client.Configuration(host=url, access_token=token)) as api:
+    run = DagRunApi(api).trigger_dag_run(
+        "record_feedback", TriggerDAGRunPostBody(logical_date=None, conf={"items": items})
+    )
+print(run.dag_run_id)
+"""
+
 
 def test_the_recipes_are_the_readme_text():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert RETRAIN_WITH_CURL.strip() in readme
     assert CONTROL_WITH_CURL.strip() in readme
+    assert FEEDBACK_WITH_CURL.strip() in readme
+    assert FEEDBACK_WITH_PYTHON.strip() in readme
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +113,10 @@ def stack(lake_settings):
     Cron and Asset schedules are off, so the only runs are the ones these tests trigger.
     """
     with AirflowStack(lake_settings, job_schedules=False, echo=print) as running:
-        running.wait_for_dags(DAG_ID, "control_rollout")
+        running.wait_for_dags(DAG_ID, "control_rollout", "record_feedback")
         running.unpause(DAG_ID)
         running.unpause("control_rollout")
+        running.unpause("record_feedback")
         yield running
 
 
@@ -219,3 +254,110 @@ def test_the_readme_operator_recipe_reaches_control_rollout_and_says_why_it_fail
         )
     assert rejected.value.status == 400
     assert "param action" in json.loads(rejected.value.body)["detail"]
+
+
+def _feedback_rows(settings: Settings, run_id: str) -> list[dict]:
+    from driftloop.lake import tables
+    from driftloop.lake.names import FEEDBACK
+
+    rows = [r for r in tables.read_table(settings, FEEDBACK).to_pylist() if r["submission_id"] == run_id]
+    return sorted(rows, key=lambda r: r["item"])
+
+
+@pytest.fixture(scope="module")
+def served_requests(lake_settings) -> Settings:
+    """Two logged predictions the README's feedback recipes name: one flagged, one let through."""
+    import pyarrow as pa
+
+    from driftloop.predictions import append_to_lake, log_schema
+
+    rows = [
+        {"request_id": "632a9c0e41d84b6f", "event_id": "fb-e1", "decision": True, "model_version": "1"},
+        {"request_id": "7b4e1f02c9a34d58", "event_id": "fb-e2", "decision": False, "model_version": "1"},
+    ]
+    rows = [r | {"variant": "stable", "score": 0.9 if r["decision"] else 0.1} for r in rows]
+    append_to_lake(lake_settings)(pa.Table.from_pylist(rows, schema=log_schema(load_dataset_spec())))
+    return lake_settings
+
+
+def test_the_readme_feedback_recipes_record_feedback_with_the_analyst_and_the_reasons(stack, served_requests):
+    from driftloop.feedback import feedback_counts
+
+    env = {**os.environ, "AIRFLOW_URL": stack.base_url, "AIRFLOW_PASSWORD": stack.credentials()["admin"]}
+    with_curl = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", TOKEN_LINES + "\n" + FEEDBACK_WITH_CURL],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert with_curl.returncode == 0, with_curl.stderr + with_curl.stdout
+    curl_run = json.loads(with_curl.stdout)["dag_run_id"]
+    assert _wait_for_run(stack, curl_run, dag_id="record_feedback") == "success"
+
+    rows = _feedback_rows(served_requests, curl_run)
+    assert [(r["request_id"], r["status"], r["label"]) for r in rows] == [
+        ("632a9c0e41d84b6f", "accepted", 0),
+        ("no-such-request", "rejected", None),
+    ]
+    assert rows[1]["rejection"].startswith("unknown request id 'no-such-request'")
+    assert {(r["submitted_by"], r["note"]) for r in rows} == {("airflow-user:admin", "weekly review")}
+
+    with_python = subprocess.run(
+        [sys.executable, "-c", FEEDBACK_WITH_PYTHON],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert with_python.returncode == 0, with_python.stderr + with_python.stdout
+    python_run = with_python.stdout.strip()
+    assert _wait_for_run(stack, python_run, dag_id="record_feedback") == "success"
+    (row,) = _feedback_rows(served_requests, python_run)
+    assert (row["request_id"], row["event_id"], row["status"], row["label"]) == (
+        "7b4e1f02c9a34d58",
+        "fb-e2",
+        "accepted",
+        1,
+    )
+    counts = {(c["kind"], c["status"]): c["items"] for c in feedback_counts(served_requests)}
+    assert counts == {
+        ("false_positive", "accepted"): 1,
+        ("false_negative", "rejected"): 1,
+        ("false_negative", "accepted"): 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"items": [{"request_id": "632a9c0e41d84b6f", "kind": "fraud", "reason": "wrong kind"}]},
+        {"items": [{"request_id": "632a9c0e41d84b6f", "kind": "false_positive"}]},
+        {"items": []},
+        {"note": "items forgotten"},
+    ],
+    ids=["unknown-kind", "no-reason", "no-items", "missing-items"],
+)
+def test_malformed_feedback_is_a_400_and_creates_no_run(stack, conf):
+    with _client(stack, "admin") as api:
+        runs = DagRunApi(api)
+        before = runs.get_dag_runs("record_feedback").total_entries
+        with pytest.raises(ApiException) as rejected:
+            runs.trigger_dag_run("record_feedback", TriggerDAGRunPostBody(logical_date=None, conf=conf))
+        assert rejected.value.status == 400
+        assert "param items" in json.loads(rejected.value.body)["detail"]
+        assert runs.get_dag_runs("record_feedback").total_entries == before
+
+
+def test_a_resent_submission_under_its_own_run_id_is_a_409_not_a_second_submission(stack, served_requests):
+    item = {"request_id": "no-such-request", "kind": "false_positive", "reason": "sent twice"}
+    body = TriggerDAGRunPostBody(dag_run_id="feedback-resent-1", logical_date=None, conf={"items": [item]})
+    with _client(stack, "admin") as api:
+        DagRunApi(api).trigger_dag_run("record_feedback", body)
+        with pytest.raises(ApiException) as conflict:
+            DagRunApi(api).trigger_dag_run("record_feedback", body)
+    assert conflict.value.status == 409
+    assert _wait_for_run(stack, "feedback-resent-1", dag_id="record_feedback") == "success"
+    assert len(_feedback_rows(served_requests, "feedback-resent-1")) == 1
