@@ -1,0 +1,60 @@
+"""monitor_drift and watch_drift with ``dag.test()``: drifted predictions are judged, the deferred
+drift sensor fires in the (inline) triggerer, and the drift Asset event says what drifted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from driftloop.lake import tables
+from driftloop.lake.names import DRIFT_METRICS
+from driftloop.monitoring import report_uri
+from tests.dags.test_dag_runs import _asset_events, airflow_db, dagbag  # noqa: F401 (fixtures)
+from tests.integration.test_loop import _champion_with_reference, _drifted, _log_predictions
+from tests.models import feature_rows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def loop_env(settings, monkeypatch):
+    from driftloop.config import get_settings
+
+    monkeypatch.setenv("DRIFTLOOP_MONITORING__WINDOW_MINUTES", "2")
+    monkeypatch.setenv("DRIFTLOOP_LOOP__BREACH_POLL_SECONDS", "0.5")
+    monkeypatch.setenv("DRIFTLOOP_LOOP__SENSOR_TIMEOUT_MINUTES", "2")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_drifted_predictions_are_judged_and_the_sensor_emits_the_drift_asset(loop_env, spec, dagbag):  # noqa: F811
+    from airflow.utils.state import DagRunState
+
+    settings = loop_env
+    version = _champion_with_reference(settings, spec)
+    _log_predictions(settings, spec, version, _drifted(feature_rows(spec, 800, seed=4)), datetime.now(UTC))
+
+    monitor = dagbag.get_dag("monitor_drift").test()
+    states = {ti.task_id: ti.state for ti in monitor.get_task_instances()}
+    assert monitor.state == DagRunState.SUCCESS, states
+    judged = [
+        r for r in tables.read_table(settings, DRIFT_METRICS).to_pylist() if r["feature"] == "__dataset__"
+    ]
+    assert len(judged) == 1
+    assert judged[0]["drifted"] is True
+    assert judged[0]["rows"] == 800
+    report = report_uri(settings, version, judged[0]["window_start"], judged[0]["window_end"])
+    assert Path(report).is_file()
+
+    watch = dagbag.get_dag("watch_drift").test()
+    states = {ti.task_id: ti.state for ti in watch.get_task_instances()}
+    assert watch.state == DagRunState.SUCCESS, states
+    assert states == {"wait_for_breach": "success", "start_retrain": "success"}
+    (event,) = _asset_events("driftloop.drift")
+    assert event["model_version"] == version
+    assert "amount" in event["drifted_features"]
+    assert event["report_uri"] == report
+    assert event["reason"].startswith(f"drift on serving version {version}")
