@@ -7,15 +7,20 @@ though one can step in at any time (`control_rollout`).
 1. **resolve_release** — which version to roll out: the triggering `driftloop.challenger` event,
    the `version` parameter of a REST-triggered run, or the `challenger` alias. When the trigger is
    a first champion (`driftloop.champion`), it only makes sure stable serves it and stops there.
-2. **build_bento** — builds the BentoML service (the artifact an image is made from).
-3. **canary_rollout** — deploys the canary and steps its traffic weight through the configured
+2. **await_approval** — with `DRIFTLOOP_APPROVAL__REQUIRE_APPROVAL=true`, holds the canary until
+   someone approves the version through `review_challenger` (REST or UI), waiting in the
+   triggerer. Reject, or nobody deciding within `DRIFTLOOP_APPROVAL__APPROVAL_TIMEOUT_MINUTES`
+   (`approval timed out`), tags the version rejected and skips the rest of the run with the
+   reason: no canary. Off (the default): passes at once.
+3. **build_bento** — builds the BentoML service (the artifact an image is made from).
+4. **canary_rollout** — deploys the canary and steps its traffic weight through the configured
    ladder (`DRIFTLOOP_ROLLOUT__STEPS`, e.g. 10 → 50 → 100). At each step a deferrable analysis
    compares canary with stable over a window (error rate, p99 latency, score PSI, online
    precision/recall once labels arrive). Pass at the last step → promote (alias `champion`
    moves, the old one stays as `previous`); fail → canary weight 0, canary stopped, version
    tagged rejected with the failing metrics. State is persisted: a retry resumes, and a task
    that fails for good rolls the canary back.
-4. **report_rollout** — emits the `driftloop.champion` Asset on promotion; fails the run (red in
+5. **report_rollout** — emits the `driftloop.champion` Asset on promotion; fails the run (red in
    the UI, with the reasons) when the canary was rolled back.
 """
 
@@ -25,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
+from driftloop.airflow.approval import AwaitApprovalOperator
 from driftloop.airflow.assets import challenger_asset, champion_asset
 from driftloop.airflow.rollout import CanaryRolloutOperator, roll_back_on_failure
 from driftloop.config import get_settings
@@ -82,7 +88,13 @@ def deploy_model():
 
         return {**release, "bento": build_bento(get_settings())}
 
-    release = build_bento(resolve_release())
+    resolved = resolve_release()
+    approval = AwaitApprovalOperator(
+        task_id="await_approval",
+        version="{{ ti.xcom_pull(task_ids='resolve_release')['version'] }}",
+        request_id="{{ run_id }}",
+    )
+    release = build_bento(resolved)
     rollout = CanaryRolloutOperator(
         task_id="canary_rollout",
         version="{{ ti.xcom_pull(task_ids='build_bento')['version'] }}",
@@ -106,7 +118,7 @@ def deploy_model():
         }
         return outcome
 
-    release >> rollout
+    resolved >> approval >> release >> rollout
     report_rollout(rollout.output)
 
 
