@@ -6,6 +6,10 @@ A Spark job over Delta Lake: per-entity trailing-window features (counts, sums, 
 into the **features** table on the event id. Idempotent: the bronze version it has consumed is
 committed with the MERGE, so a rerun for the same data writes nothing.
 
+Where the job runs is configuration, not code: in the task's process on the local Spark session,
+or as Spark on Kubernetes (a driver pod and its executors) — `DRIFTLOOP_SPARK_JOB__RUNNER`,
+following the profile by default.
+
 Runs on every `driftloop.bronze_events` Asset event and hourly as a backstop.
 Emits a `driftloop.features` Asset event with the new Delta version.
 """
@@ -35,18 +39,16 @@ FEATURES = features_asset()
 )
 def build_features():
     @task(outlets=[FEATURES])
-    def update_features_table(*, outlet_events=None) -> dict:
-        """Run the feature job; skip (no Asset event) when bronze has nothing new."""
+    def update_features_table(*, outlet_events=None, dag_run=None) -> dict:
+        """Run the feature job where the settings say; skip (no Asset event) when bronze has nothing new."""
         from airflow.sdk.exceptions import AirflowSkipException
 
         from driftloop.config import get_settings
-        from driftloop.dataset import get_dataset_spec
-        from driftloop.features import build_features as run_feature_job
+        from driftloop.feature_jobs import get_feature_runner
         from driftloop.lake import tables
-        from driftloop.lake.spark import get_spark
 
         settings = get_settings()
-        report = run_feature_job(get_spark(settings), settings, get_dataset_spec())
+        report = get_feature_runner(settings).run(run_key=f"{dag_run.dag_id}/{dag_run.run_id}")
         if report.skipped:
             raise AirflowSkipException(f"features already built from bronze version {report.bronze_version}")
         outlet_events[FEATURES].extra = report.asset_extra(settings.table_uri(tables.FEATURES))

@@ -73,13 +73,35 @@ def ingest() -> None:
 
 
 @app.command()
-def features() -> None:
-    """Bring the features table up to date with bronze (what the build_features DAG runs)."""
+def features(
+    report_file: Annotated[
+        Path | None,
+        typer.Option(
+            help='Also write the run report (JSON) here, or on failure {"error": ...}: a driver pod '
+            "passes /dev/termination-log, where the task that started it reads the outcome."
+        ),
+    ] = None,
+) -> None:
+    """Bring the features table up to date with bronze (what the build_features DAG runs).
+
+    This is the entry point of the feature job's driver pod in the kubernetes profile.
+    """
     from driftloop.features import build_features
-    from driftloop.lake.spark import get_spark
+    from driftloop.lake.spark import get_spark, stop_spark
 
     settings = _settings()
-    report = build_features(get_spark(settings), settings, _spec())
+    try:
+        report = build_features(get_spark(settings), settings, _spec())
+    except Exception as exc:
+        if report_file is not None:
+            # the kubelet keeps at most 4 KiB of a termination message
+            report_file.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:3500]}))
+        raise
+    finally:
+        # a driver on Kubernetes releases its executor pods now rather than at interpreter exit
+        stop_spark()
+    if report_file is not None:
+        report_file.write_text(json.dumps(report.as_dict()))
     typer.echo(json.dumps(report.as_dict(), indent=2))
 
 

@@ -116,3 +116,68 @@ def test_train_model_registers_and_gates_a_first_champion(settings, spark, dagba
     assert tags["lineage.features_version"] == str(tables.open_table(settings, tables.FEATURES).version())
     (event,) = _asset_events("driftloop.champion")
     assert event["version"] == str(champion.version)
+
+
+def test_build_features_runs_spark_on_kubernetes_in_the_kubernetes_profile(
+    settings, dagbag, tmp_path, monkeypatch
+):
+    """The same DAG, configured for Kubernetes: a driver pod is submitted and its report becomes
+    the Asset event. The API server is the fake one; the client finds it through a kubeconfig."""
+    import json
+
+    import yaml
+    from kubernetes.client import Configuration
+    from kubernetes.config import kube_config
+
+    from driftloop.config import get_settings
+    from tests.unit.fake_kube_api import FakeKubeApi, PodPlan
+
+    report = {
+        "bronze_version": 3,
+        "features_version": 2,
+        "previous_bronze_version": 1,
+        "new_events": 500,
+        "rows_merged": 640,
+        "skipped": False,
+    }
+    fake = FakeKubeApi(pod_plan=PodPlan(message=json.dumps(report))).start()
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+                    "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                    "current-context": "fake",
+                }
+            )
+        )
+        # the client reads KUBECONFIG once, when it is first imported
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setattr(Configuration, "_default", None)  # load_kube_config sets a process default
+        monkeypatch.setenv("DRIFTLOOP_PROFILE", "kubernetes")
+        monkeypatch.setenv("DRIFTLOOP_LAKE_ROOT", "s3a://acme-lake/dag-test")
+        monkeypatch.setenv("DRIFTLOOP_SPARK_JOB__POLL_SECONDS", "0.01")
+        get_settings.cache_clear()
+
+        features = _run(dagbag, "build_features")
+    finally:
+        fake.stop()
+
+    assert features["update_features_table"].state == "success"
+    applied = [(r.body["kind"], r.body["metadata"]["name"]) for r in fake.requests if r.method == "PATCH"]
+    assert [kind for kind, _ in applied] == ["ConfigMap", "Pod"]
+    assert not fake.objects, "the driver pod and its ConfigMap are deleted after the run"
+    events = [e for e in _asset_events("driftloop.features") if e["table_uri"].startswith("s3a://")]
+    assert events == [
+        {
+            "table_uri": "s3a://acme-lake/dag-test/tables/features",
+            "features_version": 2,
+            "bronze_version": 3,
+            "rows_merged": 640,
+        }
+    ]

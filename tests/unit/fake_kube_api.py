@@ -4,8 +4,9 @@ It records every request as the client sent it (method, path, query, Content-Typ
 answers the way an API server does for what driftloop uses: server-side apply creates or
 updates an object (bumping generation and resourceVersion), a merge patch honours a
 ``metadata.resourceVersion`` precondition (409 otherwise), unsupported patch types get 415,
-missing objects 404. Deployments roll out over a configurable number of reads. It is a stand-in
-for the wire protocol, not for the API server's validation or field-ownership logic.
+missing objects 404. Deployments roll out and Pods run to their end over a configurable number
+of reads; a Pod's log is served as text. It is a stand-in for the wire protocol, not for the API
+server's validation, field-ownership logic or scheduling.
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ class RolloutPlan:
     deadline_exceeded: bool = False
 
 
+@dataclass
+class PodPlan:
+    """How a Pod created by an apply moves through its phases, one step per read.
+
+    ``reads_until_running`` reads show it Pending (with ``waiting_reason`` on its first container,
+    if set, it never leaves Pending); then Running until ``reads_until_done`` reads in total
+    (``None``: never finishes); then ``phase`` with the container terminated by ``exit_code``,
+    ``reason`` and the termination ``message``, and the pod's own ``pod_reason`` if set.
+    """
+
+    reads_until_running: int = 1
+    reads_until_done: int | None = 3
+    phase: str = "Succeeded"
+    exit_code: int = 0
+    reason: str = "Completed"
+    message: str = ""
+    pod_reason: str | None = None
+    waiting_reason: str | None = None
+    waiting_message: str = ""
+    log: str = ""
+
+
 def _merge(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch (lists are replaced, null deletes)."""
     if not isinstance(patch, dict):
@@ -90,6 +113,7 @@ class FakeKubeApi:
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     rollout: RolloutPlan = field(default_factory=RolloutPlan)
+    pod_plan: PodPlan = field(default_factory=PodPlan)
     merge_conflicts: int = 0  # answer this many merge patches with 409 before accepting
     prometheus: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # PromQL → result
     deny: set[str] = field(default_factory=set)  # writes to paths containing these get 403 (RBAC)
@@ -126,9 +150,11 @@ class FakeKubeApi:
                 with fake._lock:
                     fake.requests.append(recorded)
                     code, answer = fake._answer(recorded)
-                data = json.dumps(answer).encode()
+                # a pod's log is plain text; everything else is JSON
+                text = isinstance(answer, str)
+                data = answer.encode() if text else json.dumps(answer).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -154,15 +180,23 @@ class FakeKubeApi:
 
     # -- helpers for tests --
 
-    def put(self, path: str, obj: dict[str, Any]) -> None:
-        """Store an object as if it existed in the cluster before the test."""
+    def put(self, path: str, obj: dict[str, Any], live: bool = False) -> None:
+        """Store an object as if it existed in the cluster before the test.
+
+        Its status stays as given, unless ``live``: then a Deployment or Pod moves on as the
+        rollout or pod plan says, as if an earlier apply had created it.
+        """
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         meta.setdefault("generation", 1)
         meta.setdefault("resourceVersion", self._next_version())
         meta.setdefault("creationTimestamp", "2025-01-01T00:00:00Z")
         self.objects[path] = obj
-        self._static.add(path)
+        if live:
+            self._reads[path] = 0
+            self._static.discard(path)
+        else:
+            self._static.add(path)
 
     def writes(self) -> list[Recorded]:
         return [r for r in self.requests if r.is_write]
@@ -184,12 +218,18 @@ class FakeKubeApi:
         path = request.path
         if request.is_write and any(part in path for part in self.deny):
             return 403, _status(403, "Forbidden", f"cannot {request.method.lower()} {path}")
+        if request.method == "GET" and path.endswith("/log") and "/pods/" in path:
+            if path.removesuffix("/log") not in self.objects:
+                return 404, _status(404, "NotFound", f"{path} not found")
+            return 200, self.pod_plan.log
         if request.method == "GET":
             obj = self.objects.get(path)
             if obj is None:
                 return 404, _status(404, "NotFound", f"{path} not found")
             if obj.get("kind") == "Deployment" and path not in self._static:
                 self._progress(path, obj)
+            if obj.get("kind") == "Pod" and path not in self._static:
+                self._progress_pod(path, obj)
             return 200, obj
         if request.method == "DELETE":
             if self.objects.pop(path, None) is None:
@@ -243,6 +283,10 @@ class FakeKubeApi:
         if obj.get("kind") == "Deployment" and (current is None or changed):
             obj.setdefault("status", {})
             self._reads[request.path] = 0  # a new generation rolls out; an unchanged one stays
+            self._static.discard(request.path)
+        if obj.get("kind") == "Pod" and current is None:
+            obj["status"] = {"phase": "Pending"}
+            self._reads[request.path] = 0
             self._static.discard(request.path)
         self.objects[request.path] = obj
         self._check_backends(obj)
@@ -320,3 +364,51 @@ class FakeKubeApi:
                 "readyReplicas": wanted,
                 "availableReplicas": wanted,
             }
+
+    def _progress_pod(self, path: str, obj: dict[str, Any]) -> None:
+        """Advance a Pod's status by one read according to the pod plan."""
+        reads = self._reads.get(path, 0)
+        self._reads[path] = reads + 1
+        plan = self.pod_plan
+        container = obj.get("spec", {}).get("containers", [{}])[0].get("name", "main")
+        image = obj.get("spec", {}).get("containers", [{}])[0].get("image", "")
+
+        def container_status(state: dict[str, Any]) -> list[dict[str, Any]]:
+            # every field the API marks required (the client refuses a status without them)
+            return [
+                {
+                    "name": container,
+                    "image": image,
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": state,
+                }
+            ]
+
+        if plan.waiting_reason is not None or reads < plan.reads_until_running:
+            waiting = {"reason": plan.waiting_reason or "ContainerCreating"}
+            if plan.waiting_message:
+                waiting["message"] = plan.waiting_message
+            obj["status"] = {"phase": "Pending", "containerStatuses": container_status({"waiting": waiting})}
+        elif plan.reads_until_done is None or reads < plan.reads_until_done:
+            running = {"running": {"startedAt": "2025-01-01T00:00:01Z"}}
+            obj["status"] = {
+                "phase": "Running",
+                "podIP": "10.0.0.7",
+                "containerStatuses": container_status(running),
+            }
+        else:
+            terminated = {
+                "exitCode": plan.exit_code,
+                "reason": plan.reason,
+                "message": plan.message,
+                "startedAt": "2025-01-01T00:00:01Z",
+                "finishedAt": "2025-01-01T00:05:00Z",
+            }
+            obj["status"] = {
+                "phase": plan.phase,
+                "containerStatuses": container_status({"terminated": terminated}),
+            }
+            if plan.pod_reason:
+                obj["status"]["reason"] = plan.pod_reason

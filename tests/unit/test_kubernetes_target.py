@@ -11,9 +11,6 @@ tests/unit/fake_kube_api.py and assert method, path, query, Content-Type and bod
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,10 +39,9 @@ from driftloop.deploy.kubernetes import (
     rollout_progress,
     route_weights,
 )
+from tests.unit import checkov_scan
 from tests.unit.fake_kube_api import APPLY, MERGE, FakeKubeApi, RolloutPlan
 
-REPO = Path(__file__).resolve().parents[2]
-TOOLS_BIN = Path(os.environ.get("DRIFTLOOP_TOOLS_BIN", REPO / ".venv-tools" / "bin"))
 # Pinned: the oldest Kubernetes minor we support (1.33; matchLabelKeys and
 # unhealthyPodEvictionPolicy need 1.27+) and the newest kubernetes-validate 1.37 ships.
 K8S_VERSIONS = ("1.33.0", "1.37.0")
@@ -363,41 +359,11 @@ def test_get_target_picks_kubernetes(settings: Settings) -> None:
 
 
 def test_checkov_passes_on_rendered_yaml(settings: Settings, tmp_path: Path) -> None:
-    checkov = TOOLS_BIN / "checkov"
-    if not checkov.exists():
-        pytest.fail(f"{checkov} is missing: run `make setup` (it builds .venv-tools)")
-    (tmp_path / "serving.yaml").write_text(yaml.safe_dump_all(_all_objects(settings), sort_keys=False))
-    result = subprocess.run(
-        # --skip-download: offline, no guideline download from the vendor's platform
-        [
-            str(checkov),
-            "-d",
-            str(tmp_path),
-            "--framework",
-            "kubernetes",
-            "--compact",
-            "-o",
-            "json",
-            "--skip-download",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    try:
-        report = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"checkov printed no JSON (exit {result.returncode}):\n{result.stderr[-2000:]}")
-    results = report.get("results", {})
-    failures = [
-        f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in results.get("failed_checks", [])
-    ]
-    assert report["summary"]["parsing_errors"] == 0
-    assert report["summary"]["passed"] > 100, "checkov ran (almost) no check"
-    assert not failures, "checkov findings:\n" + "\n".join(failures)
-    skipped = {c["check_id"] for c in results.get("skipped_checks", [])}
-    assert skipped == set(CHECKOV_SKIPS), f"skips in place but not used (or the reverse): {skipped}"
+    result = checkov_scan.scan(_all_objects(settings), tmp_path)
+    assert result.parsing_errors == 0
+    assert result.passed > 100, "checkov ran (almost) no check"
+    assert not result.failures, "checkov findings:\n" + "\n".join(result.failures)
+    assert result.skipped == set(CHECKOV_SKIPS), f"skips unused (or the reverse): {result.skipped}"
 
 
 def test_checkov_skips_are_justified_in_place(settings: Settings) -> None:

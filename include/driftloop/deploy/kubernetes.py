@@ -117,19 +117,20 @@ class WorkloadShape:
 # ----------------------------------------------------------------------------- rendering ----
 
 
-def check_image(image: str) -> str:
-    """The image if pinned by a tag other than ``latest`` (a digest may follow); else DeployError."""
+def check_image(image: str, setting: str = "DRIFTLOOP_SERVING__IMAGE") -> str:
+    """The image if pinned by a tag other than ``latest`` (a digest may follow); else DeployError.
+
+    ``setting`` is the variable the message tells the user to fix.
+    """
     name = image.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
     tag = last.split(":", 1)[1] if ":" in last else ""
     if not tag:
-        raise DeployError(
-            f"serving image {image!r} has no tag: pin one, e.g. DRIFTLOOP_SERVING__IMAGE={name}:0.1.0"
-        )
+        raise DeployError(f"image {image!r} has no tag: pin one, e.g. {setting}={name}:0.1.0")
     if tag == "latest" or not _TAG.match(tag):
         raise DeployError(
-            f"serving image {image!r} must be pinned by an immutable tag, not {tag!r}: "
-            "set DRIFTLOOP_SERVING__IMAGE to a released tag"
+            f"image {image!r} must be pinned by an immutable tag, not {tag!r}: "
+            f"set {setting} to a released tag"
         )
     return image
 
@@ -538,6 +539,74 @@ def _is_ready(deployment: Mapping[str, Any] | None) -> bool:
 
 # ---------------------------------------------------------------------------- the target ----
 
+_API_HINTS = {
+    401: "the credentials were refused",
+    409: "another writer changed the object; retry",
+    415: "the API server refused the patch type",
+    422: "the API server rejected the object as invalid",
+}
+
+
+def call_api(
+    api_client: ApiClient,
+    what: str,
+    namespace: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    error: type[Exception],
+    rights: str,
+    errors_by_status: Mapping[int, type[Exception]] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Call the Kubernetes API; 404 → None; anything else → ``error`` saying what to check.
+
+    ``rights`` names the Role that should grant the caller what it needs (the 403 hint);
+    ``errors_by_status`` raises a more specific error for some statuses (409 for a retry).
+    """
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        hint = {
+            **_API_HINTS,
+            403: f"the service account lacks rights in namespace {namespace} "
+            f"(terraform/modules/k8s-namespaces, {rights})",
+        }.get(exc.status or 0, "see the API server's message")
+        raise (errors_by_status or {}).get(exc.status or 0, error)(
+            f"{what} in namespace {namespace} failed: HTTP {exc.status} {exc.reason} ({hint}): "
+            f"{(exc.body or '')[:500]}"
+        ) from exc
+    except HTTPError as exc:
+        raise error(
+            f"{what}: Kubernetes API at {api_client.configuration.host} unreachable ({exc}); check the "
+            "kubeconfig/in-cluster configuration and network access to the API server"
+        ) from exc
+
+
+def load_api_client(error: type[Exception]) -> ApiClient:
+    """A client for the cluster this runs in (its service account), else for the local kubeconfig.
+
+    Raises ``error`` saying what to provide when neither exists.
+    """
+    from kubernetes import config
+    from kubernetes.client import ApiClient
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except config.ConfigException as exc:
+            raise error(
+                "no Kubernetes credentials: run inside the cluster (service account) or "
+                f"provide a kubeconfig (KUBECONFIG): {exc}"
+            ) from exc
+    return ApiClient()
+
 
 class KubernetesTarget(DeployTarget):
     """Stable and canary as Deployments behind one weighted HTTPRoute, driven through the API.
@@ -562,52 +631,22 @@ class KubernetesTarget(DeployTarget):
     @property
     def api_client(self) -> ApiClient:
         if self._api_client is None:
-            from kubernetes import config
-
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                try:
-                    config.load_kube_config()
-                except config.ConfigException as exc:
-                    raise DeployError(
-                        "no Kubernetes credentials: run inside the cluster (service account) or "
-                        f"provide a kubeconfig (KUBECONFIG): {exc}"
-                    ) from exc
-            from kubernetes.client import ApiClient
-
-            self._api_client = ApiClient()
+            self._api_client = load_api_client(DeployError)
         return self._api_client
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call the API; 404 → None; anything else → DeployError saying what to check."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return fn(*args, **kwargs)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            hint = {
-                401: "the credentials were refused",
-                403: "the service account lacks rights in the serving namespace "
-                "(terraform/modules/k8s-namespaces, Role airflow-rollout)",
-                409: "another writer changed the object; retry",
-                415: "the API server refused the patch type",
-                422: "the API server rejected the object as invalid",
-            }.get(exc.status or 0, "see the API server's message")
-            error = _WriteConflict if exc.status == 409 else DeployError
-            raise error(
-                f"{what} in namespace {self.namespace} failed: HTTP {exc.status} {exc.reason} ({hint}): "
-                f"{(exc.body or '')[:500]}"
-            ) from exc
-        except HTTPError as exc:
-            host = self.api_client.configuration.host
-            raise DeployError(
-                f"{what}: Kubernetes API at {host} unreachable ({exc}); check the kubeconfig/in-cluster "
-                "configuration and network access to the API server"
-            ) from exc
+        return call_api(
+            self.api_client,
+            what,
+            self.namespace,
+            fn,
+            *args,
+            error=DeployError,
+            rights="Role airflow-rollout",
+            errors_by_status={409: _WriteConflict},
+            **kwargs,
+        )
 
     def _read(self, kind: Literal["Deployment", "HTTPRoute"], name: str) -> dict[str, Any] | None:
         """The object as the API serves it (a camelCase dict), or None when it does not exist."""

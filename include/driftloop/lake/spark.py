@@ -47,13 +47,18 @@ def spark_jars(settings: Settings) -> list[Path]:
 def _build_session(settings: Settings) -> SparkSession:
     from pyspark.sql import SparkSession
 
-    # bind the driver to loopback before the JVM starts: servers here listen on 127.0.0.1 only
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    jars = spark_jars(settings)
+    # bind the driver before the JVM starts: to loopback here (servers listen on 127.0.0.1 only),
+    # to its pod IP in a driver pod
+    os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)
+    jars = [str(j) for j in spark_jars(settings)]
+    if not settings.spark_master.startswith("local"):
+        # executors run the same image: local: makes each read its own copy instead of fetching
+        # the jars (the AWS SDK bundle alone is 690 MB) from the driver
+        jars = [f"local://{j}" for j in jars]
     builder = (
         SparkSession.builder.appName("driftloop")
         .master(settings.spark_master)
-        .config("spark.jars", ",".join(str(j) for j in jars))
+        .config("spark.jars", ",".join(jars))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.driver.memory", settings.spark_driver_memory)
@@ -67,9 +72,9 @@ def _build_session(settings: Settings) -> SparkSession:
         # Delta's default of 50 snapshot partitions is sized for clusters; small local logs
         # replay much faster with a handful
         .config("spark.databricks.delta.snapshotPartitions", str(settings.spark_shuffle_partitions))
-        # keep Spark's listeners on loopback: this machine (and CI) bind servers to 127.0.0.1 only
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
+        # loopback on this machine (and CI), which bind servers to 127.0.0.1 only
+        .config("spark.driver.host", settings.spark_driver_host)
+        .config("spark.driver.bindAddress", settings.spark_driver_host)
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
         .config("spark.sql.warehouse.dir", str(settings.data_dir / "spark-warehouse"))
         .config(
