@@ -691,10 +691,6 @@ def test_checkov_finds_nothing() -> None:
     )
 
 
-# read by Spark on Kubernetes, which is still to come (issue 6); every other name must be a setting
-_PENDING_SETTINGS = {"DRIFTLOOP_SPARK_NAMESPACE", "DRIFTLOOP_SPARK_SERVICE_ACCOUNT"}
-
-
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_driftloop_variables_passed_to_airflow_are_real_settings(environment: str) -> None:
     """A misspelt DRIFTLOOP_* name (one underscore instead of two) is silently ignored at run time."""
@@ -703,7 +699,7 @@ def test_driftloop_variables_passed_to_airflow_are_real_settings(environment: st
     text = (TF_ROOT / "environments" / environment / "main.tf").read_text()
     names = set(re.findall(r"^\s*(DRIFTLOOP_[A-Z0-9_]+)\s*=", text, flags=re.MULTILINE))
     assert names, "the Airflow module receives no driftloop settings"
-    for name in sorted(names - _PENDING_SETTINGS):
+    for name in sorted(names):
         field, _, nested = name.removeprefix("DRIFTLOOP_").lower().partition("__")
         assert field in Settings.model_fields, f"{environment}: {name} is not a driftloop setting"
         if nested:

@@ -88,13 +88,15 @@ module "airflow" {
   remote_base_log_folder      = "${module.object_store.reports_uri}/airflow-logs"
 
   extra_env = {
-    DRIFTLOOP_PROFILE               = "kubernetes"
-    DRIFTLOOP_LAKE_ROOT             = replace(module.object_store.lake_uri, "s3://", "s3a://")
-    DRIFTLOOP_MLFLOW_TRACKING_URI   = module.mlflow.tracking_uri
-    AWS_DEFAULT_REGION              = var.aws_region
-    DRIFTLOOP_SPARK_NAMESPACE       = module.k8s_namespaces.namespaces["spark_jobs"]
-    DRIFTLOOP_SPARK_SERVICE_ACCOUNT = module.k8s_namespaces.spark_driver_service_account_name
-    DRIFTLOOP_SERVING__NAMESPACE    = module.k8s_namespaces.namespaces["serving"]
+    DRIFTLOOP_PROFILE                    = "kubernetes"
+    DRIFTLOOP_LAKE_ROOT                  = replace(module.object_store.lake_uri, "s3://", "s3a://")
+    DRIFTLOOP_MLFLOW_TRACKING_URI        = module.mlflow.tracking_uri
+    AWS_DEFAULT_REGION                   = var.aws_region
+    DRIFTLOOP_SPARK_JOB__NAMESPACE       = module.k8s_namespaces.namespaces["spark_jobs"]
+    DRIFTLOOP_SPARK_JOB__SERVICE_ACCOUNT = module.k8s_namespaces.spark_driver_service_account_name
+    DRIFTLOOP_SERVING__NAMESPACE         = module.k8s_namespaces.namespaces["serving"]
+    # the spark-driver service account reaches S3 through IRSA: no key Secret for Spark
+    DRIFTLOOP_SPARK_JOB__S3_CREDENTIALS_SECRET = ""
   }
 }
 
