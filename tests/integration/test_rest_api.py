@@ -83,6 +83,36 @@ with airflow_client.ApiClient(airflow_client.Configuration(host=url, access_toke
 print(run.dag_run_id)
 """
 
+# The README's approval recipes (curl after the token lines, and the official Python client), verbatim
+APPROVE_WITH_CURL = r"""
+curl -sS --fail-with-body -X POST "$AIRFLOW_URL/api/v2/dags/review_challenger/dagRuns" \
+  -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"logical_date": null, "conf": {"version": "'"$VERSION"'", "decision": "approve",
+       "reason": "holdout and recent window reviewed"}}'
+"""
+REJECT_WITH_PYTHON = r"""
+import json
+import os
+import urllib.request
+
+import airflow_client.client as airflow_client
+from airflow_client.client.api.dag_run_api import DagRunApi
+from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
+
+url = os.environ.get("AIRFLOW_URL", "http://127.0.0.1:8080")
+login = {"username": "admin", "password": os.environ["AIRFLOW_PASSWORD"]}
+request = urllib.request.Request(
+    f"{url}/auth/token", json.dumps(login).encode(), {"Content-Type": "application/json"}
+)
+token = json.load(urllib.request.urlopen(request))["access_token"]
+decision = {"version": os.environ["VERSION"], "decision": "reject", "reason": "trained on the outage week"}
+with airflow_client.ApiClient(airflow_client.Configuration(host=url, access_token=token)) as api:
+    run = DagRunApi(api).trigger_dag_run(
+        "review_challenger", TriggerDAGRunPostBody(logical_date=None, conf=decision)
+    )
+print(run.dag_run_id)
+"""
+
 
 def test_the_recipes_are_the_readme_text():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -90,6 +120,8 @@ def test_the_recipes_are_the_readme_text():
     assert CONTROL_WITH_CURL.strip() in readme
     assert FEEDBACK_WITH_CURL.strip() in readme
     assert FEEDBACK_WITH_PYTHON.strip() in readme
+    assert APPROVE_WITH_CURL.strip() in readme
+    assert REJECT_WITH_PYTHON.strip() in readme
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +145,11 @@ def stack(lake_settings):
     Cron and Asset schedules are off, so the only runs are the ones these tests trigger.
     """
     with AirflowStack(lake_settings, job_schedules=False, echo=print) as running:
-        running.wait_for_dags(DAG_ID, "control_rollout", "record_feedback")
+        running.wait_for_dags(DAG_ID, "control_rollout", "record_feedback", "review_challenger")
         running.unpause(DAG_ID)
         running.unpause("control_rollout")
         running.unpause("record_feedback")
+        running.unpause("review_challenger")
         yield running
 
 
@@ -361,3 +394,73 @@ def test_a_resent_submission_under_its_own_run_id_is_a_409_not_a_second_submissi
     assert conflict.value.status == 409
     assert _wait_for_run(stack, "feedback-resent-1", dag_id="record_feedback") == "success"
     assert len(_feedback_rows(served_requests, "feedback-resent-1")) == 1
+
+
+def test_the_readme_approval_recipes_approve_and_reject_a_challenger_awaiting_approval(stack, lake_settings):
+    """Two challengers in turn, each awaiting approval as deploy_model's await_approval leaves them."""
+    from driftloop.approval import ApprovalStore, request_approval
+    from driftloop.registry import CHALLENGER, Registry
+    from tests.models import register_model
+
+    store, registry = ApprovalStore(lake_settings), Registry(lake_settings)
+    env = {**os.environ, "AIRFLOW_URL": stack.base_url, "AIRFLOW_PASSWORD": stack.credentials()["admin"]}
+
+    approved = register_model(lake_settings, "good", alias=CHALLENGER, seed=11)
+    request_approval(lake_settings, approved, "deploy-run-awaiting-1")
+    triggered = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", TOKEN_LINES + "\n" + APPROVE_WITH_CURL],
+        env=env | {"VERSION": approved},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert triggered.returncode == 0, triggered.stderr + triggered.stdout
+    run = json.loads(triggered.stdout)
+    assert run["conf"]["version"] == approved
+    assert _wait_for_run(stack, run["dag_run_id"], dag_id="review_challenger") == "success"
+    decision = store.status(approved).decision
+    assert (decision.kind, decision.actor) == ("approved", "airflow-user:admin")
+    assert (decision.reason, decision.run_id) == ("holdout and recent window reviewed", run["dag_run_id"])
+
+    rejected = register_model(lake_settings, "good", alias=CHALLENGER, seed=12)
+    request_approval(lake_settings, rejected, "deploy-run-awaiting-2")
+    triggered = subprocess.run(
+        [sys.executable, "-c", REJECT_WITH_PYTHON],
+        env=env | {"VERSION": rejected},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert triggered.returncode == 0, triggered.stderr + triggered.stdout
+    run_id = triggered.stdout.strip().splitlines()[-1]
+    assert _wait_for_run(stack, run_id, dag_id="review_challenger") == "success"
+    decision = store.status(rejected).decision
+    assert (decision.kind, decision.actor, decision.reason) == (
+        "rejected",
+        "airflow-user:admin",
+        "trained on the outage week",
+    )
+    tags = registry.client.get_model_version(registry.name, rejected).tags
+    assert (tags["driftloop.status"], tags["driftloop.rejected_by"]) == ("rejected", "approval")
+    assert registry.alias_version(CHALLENGER) is None
+
+
+@pytest.mark.parametrize(
+    ("conf", "bad_param"),
+    [
+        ({"version": "v7", "decision": "approve", "reason": "looks fine"}, "version"),
+        ({"version": "7", "decision": "maybe", "reason": "looks fine"}, "decision"),
+        ({"version": "7", "decision": "reject", "reason": "no"}, "reason"),
+    ],
+)
+def test_a_malformed_decision_is_a_400_and_creates_no_run(stack, conf, bad_param):
+    with _client(stack, "admin") as api:
+        runs = DagRunApi(api)
+        before = runs.get_dag_runs("review_challenger").total_entries
+        with pytest.raises(ApiException) as rejected:
+            runs.trigger_dag_run("review_challenger", TriggerDAGRunPostBody(logical_date=None, conf=conf))
+        assert rejected.value.status == 400
+        assert f"param {bad_param}" in json.loads(rejected.value.body)["detail"]
+        assert runs.get_dag_runs("review_challenger").total_entries == before
