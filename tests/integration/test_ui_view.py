@@ -62,7 +62,7 @@ def view_settings(tmp_path_factory) -> Settings:
 def stack(view_settings) -> Iterator[AirflowStack]:
     """The four Airflow components with the checkout's plugins/ (module scope: ~1.4 GiB)."""
     with AirflowStack(view_settings, job_schedules=False, echo=print) as running:
-        running.wait_for_dags("train_model", "control_rollout")
+        running.wait_for_dags("train_model", "control_rollout", "review_challenger")
         yield running
 
 
@@ -162,9 +162,19 @@ def _save_readme_screenshot(source: Path) -> None:
     [
         ("Retrain", "retrain-reason", "train_model", {}),
         ("Abort", "control-reason", "control_rollout", {"action": "abort"}),
+        ("Approve", "review-reason", "review_challenger", {"decision": "approve"}),
     ],
 )
-def test_an_admin_action_creates_a_dag_run_as_that_user(browser, stack, button, reason_field, dag_id, conf):
+def test_an_admin_action_creates_a_dag_run_as_that_user(
+    browser, stack, view_settings, button, reason_field, dag_id, conf
+):
+    from mlflow import MlflowClient
+
+    if dag_id == "review_challenger":  # the review names the challenger it decides on
+        challenger = MlflowClient(view_settings.tracking_uri).get_model_version_by_alias(
+            view_settings.registered_model, "challenger"
+        )
+        conf = {**conf, "version": str(challenger.version)}
     context, _page, view = open_view(browser, stack, "admin")
     try:
         before = dag_runs(stack, dag_id)
