@@ -309,6 +309,30 @@ class MonitoringSettings(BaseModel):
         le=100_000,
         description="Training rows kept with each version as the reference of its Evidently report.",
     )
+    performance_window_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Predictions made this long before a run's moment whose labels have arrived are "
+        "judged for precision, recall and PR-AUC (labels come late: longer than the drift window).",
+    )
+    min_labelled: int = Field(
+        200,
+        ge=2,
+        description="Labelled predictions a performance window needs for a verdict; fewer give "
+        "insufficient_data, never a pass.",
+    )
+    max_precision_drop: float = Field(
+        0.1, ge=0, le=1, description="Precision may fall at most this far below the version's holdout's."
+    )
+    max_recall_drop: float = Field(
+        0.1, ge=0, le=1, description="Recall may fall at most this far below the version's holdout recall."
+    )
+    max_pr_auc_drop: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="PR-AUC may fall at most this far below the holdout's (recorded; not a breach alone).",
+    )
 
 
 class FeedbackSettings(BaseModel):
