@@ -17,7 +17,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -123,6 +123,8 @@ class ReferenceStats:
     model_version: str
     rows: int
     columns: dict[str, ColumnReference]
+    performance: ExpectedPerformance | None = None
+    """The version's holdout precision, recall and PR-AUC; None in references saved before them."""
 
     def kinds(self) -> dict[str, ColumnKind]:
         return {name: col.kind for name, col in self.columns.items()}
@@ -134,6 +136,8 @@ class ReferenceStats:
             "rows": self.rows,
             "columns": [asdict(col) for col in self.columns.values()],
         }
+        if self.performance is not None:  # absent, not null: older readers see the same document
+            body["performance"] = asdict(self.performance)
         return json.dumps(body, allow_nan=False, separators=(",", ":"))
 
     @classmethod
@@ -148,7 +152,13 @@ class ReferenceStats:
         for raw in body["columns"]:
             raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
             columns[raw["name"]] = ColumnReference(**raw)
-        return cls(model_version=body["model_version"], rows=body["rows"], columns=columns)
+        performance = body.get("performance")
+        return cls(
+            model_version=body["model_version"],
+            rows=body["rows"],
+            columns=columns,
+            performance=ExpectedPerformance(**performance) if performance else None,
+        )
 
 
 def column_kinds(spec: DatasetSpec, columns: Sequence[str] | None = None) -> dict[str, ColumnKind]:
@@ -670,18 +680,22 @@ def save_reference(
     version: str,
     frame: pd.DataFrame,
     kinds: Mapping[str, ColumnKind] | None = None,
+    performance: ExpectedPerformance | None = None,
 ) -> ReferenceStats:
     """Compute ``version``'s reference from ``frame`` and store it as an artifact of the version's run.
 
     ``frame`` is a training-set sample; give it a ``score`` column (the version's scores on it) to
-    monitor prediction drift too. The version is tagged with the artifact's path, so a retried
-    registration overwrites the same file with the same content.
+    monitor prediction drift too, and ``performance`` (see :func:`expected_performance`) to judge
+    classification performance once labels join the prediction log. The version is tagged with
+    the artifact's path, so a retried registration overwrites the same file with the same content.
     """
     from driftloop.dataset import load_dataset_spec
     from driftloop.registry import Registry
 
     kinds = kinds or column_kinds(load_dataset_spec(settings.dataset_file), list(frame.columns))
     reference = compute_reference(frame, kinds, settings.monitoring, model_version=str(version))
+    if performance is not None:
+        reference = replace(reference, performance=performance)
     registry = Registry(settings)
     model_version = registry.client.get_model_version(registry.name, str(version))
     if not model_version.run_id:
@@ -961,3 +975,378 @@ def render_window_report(
     evidently_report(reference_rows, current, kinds, settings, uri)
     log.info("monitoring.report_rendered", version=model_version, uri=uri, rows=len(current))
     return uri
+
+
+# --- classification performance once labels have joined -------------------------------------------
+#
+# Concept drift leaves the inputs alone and changes what they mean: no drift test sees it, the
+# labels do. Each version's reference carries its holdout precision and recall at the serving
+# decision threshold and its PR-AUC; a window of the version's predictions whose labels (late
+# labels and accepted feedback) have arrived is held against them. The figures come from
+# Evidently 0.7's ClassificationPreset and are checked against the confusion counts; PR-AUC is
+# average precision (sklearn), as training and the gate define it — Evidently 0.7 has no PR-AUC
+# metric.
+
+PERFORMANCE = "__performance__"
+"""The ``feature`` of the row carrying the performance verdict (precision or recall dropped)."""
+PRECISION, RECALL, PR_AUC = "__precision__", "__recall__", "__pr_auc__"
+PERFORMANCE_METHOD = "evidently_classification"
+PERFORMANCE_FIGURES = {PRECISION: "precision", RECALL: "recall", PR_AUC: "pr_auc"}
+"""The ``feature`` of each figure's row → the figure's name."""
+_EXACT = 1e-12
+
+
+@dataclass(frozen=True)
+class ExpectedPerformance:
+    """What a version achieved on its holdout: the figures its production windows are held to.
+
+    ``precision`` is None when no holdout row reached the threshold, ``recall`` and ``pr_auc``
+    when the holdout had no positive label: such a figure cannot be judged later either.
+    """
+
+    precision: float | None
+    recall: float | None
+    pr_auc: float | None
+    decision_threshold: float
+    rows: int
+    positives: int
+
+
+@dataclass(frozen=True)
+class ClassificationFigures:
+    """Confusion counts of labelled scores at a threshold and the figures they give (None: undefined)."""
+
+    rows: int
+    positives: int
+    predicted_positives: int
+    true_positives: int
+    precision: float | None
+    recall: float | None
+    pr_auc: float | None
+
+    @property
+    def both_classes(self) -> bool:
+        return 0 < self.positives < self.rows
+
+
+def classification_figures(labels: Any, scores: Any, threshold: float) -> ClassificationFigures:
+    """Precision and recall of ``score >= threshold`` decisions (as served) and PR-AUC, with numpy."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(labels).astype(np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise MonitoringError(f"{y.size} labels for {s.size} scores")
+    if np.isnan(s).any():
+        raise MonitoringError("labelled predictions without a score: the prediction log lost scores")
+    decided = s >= threshold
+    positive = y == 1
+    tp, pp, ap = int((decided & positive).sum()), int(decided.sum()), int(positive.sum())
+    return ClassificationFigures(
+        rows=int(y.size),
+        positives=ap,
+        predicted_positives=pp,
+        true_positives=tp,
+        precision=tp / pp if pp else None,
+        recall=tp / ap if ap else None,
+        pr_auc=float(average_precision_score(y, s)) if 0 < ap < y.size else None,
+    )
+
+
+def expected_performance(labels: Any, scores: Any, threshold: float) -> ExpectedPerformance:
+    """A version's expected performance from its holdout labels and scores, for :func:`save_reference`."""
+    figures = classification_figures(labels, scores, threshold)
+    if figures.rows == 0:
+        raise MonitoringError("expected performance needs labelled holdout rows; the holdout is empty")
+    return ExpectedPerformance(
+        precision=figures.precision,
+        recall=figures.recall,
+        pr_auc=figures.pr_auc,
+        decision_threshold=float(threshold),
+        rows=figures.rows,
+        positives=figures.positives,
+    )
+
+
+def evidently_classification(labels: Any, scores: Any, threshold: float) -> dict[str, float]:
+    """Evidently 0.7's ClassificationPreset over labelled scores: precision, recall and ROC-AUC.
+
+    Needs both classes among the labels (Evidently fails otherwise); callers check first.
+    """
+    import warnings
+
+    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+    from evidently.presets import ClassificationPreset
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    frame = pd.DataFrame(
+        {"target": np.asarray(labels).astype(np.int64), SCORE: np.asarray(scores, dtype=np.float64)}
+    )
+    definition = DataDefinition(
+        classification=[BinaryClassification(target="target", prediction_probas=SCORE, pos_label=1)]
+    )
+    with warnings.catch_warnings():
+        # no decision at or above the threshold: Evidently's precision is sklearn's 0 with a warning;
+        # the caller reads it as undefined from the confusion counts
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        snapshot = Report([ClassificationPreset(probas_threshold=threshold)]).run(
+            current_data=Dataset.from_pandas(frame, data_definition=definition)
+        )
+    wanted = {"Precision": "precision", "Recall": "recall", "RocAuc": "roc_auc"}
+    values = {}
+    for metric in snapshot.dict()["metrics"]:
+        name = wanted.get(metric["config"].get("type", "").rsplit(":", 1)[-1])
+        if name is not None:
+            values[name] = float(metric["value"])
+    missing = sorted(set(wanted.values()) - set(values))
+    if missing:
+        raise MonitoringError(f"Evidently's ClassificationPreset gave no {missing}: has its API changed?")
+    return values
+
+
+@dataclass(frozen=True)
+class PerformanceReport:
+    """The performance rows of one window of one version, and the verdict they add up to."""
+
+    window_start: datetime
+    window_end: datetime
+    model_version: str
+    labelled: int
+    results: tuple[DriftResult, ...]
+
+    @property
+    def summary(self) -> DriftResult:
+        return next(r for r in self.results if r.feature == PERFORMANCE)
+
+    @property
+    def status(self) -> Status:
+        return self.summary.status
+
+    @property
+    def dropped(self) -> bool | None:
+        """Precision or recall fell beyond its allowed drop (None: no verdict, see ``status``)."""
+        return self.summary.drifted
+
+    def figures(self) -> dict[str, float | None]:
+        """Observed precision, recall and PR-AUC of the window (None: undefined or not computed)."""
+        return {
+            PERFORMANCE_FIGURES[r.feature]: r.score for r in self.results if r.feature in PERFORMANCE_FIGURES
+        }
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_pylist([r.as_row() for r in self.results], schema=DRIFT_SCHEMA)
+
+
+def compute_performance(
+    expected: ExpectedPerformance | None,
+    labels: Any,
+    scores: Any,
+    settings: Settings,
+    model_version: str,
+    window_start: datetime,
+    window_end: datetime,
+) -> PerformanceReport:
+    """Judge a window's labelled scores against the version's expected performance.
+
+    One row per figure (``__precision__``, ``__recall__``, ``__pr_auc__``: score = the window's
+    value, threshold = expected − allowed drop, drifted = below it) and the decisive
+    ``__performance__`` row (score = the smallest margin of precision and recall above their
+    thresholds, drifted when negative). Never a silent pass: no labelled rows → ``no_data``;
+    fewer than ``min_labelled`` or labels of one class → ``insufficient_data`` (values shown,
+    no verdict); no expected figures → ``no_reference``.
+    """
+    start, end = _utc(window_start), _utc(window_end)
+    if end <= start:
+        raise MonitoringError(f"empty or inverted window: {start} .. {end}")
+    rules = settings.monitoring
+    threshold = settings.serving.decision_threshold
+    window = _Window(start, end, str(model_version), int(np.asarray(labels).size), rules)
+    figures = classification_figures(labels, scores, threshold)
+    detail: dict[str, Any] = {
+        "decision_threshold": threshold,
+        "positives": figures.positives,
+        "predicted_positives": figures.predicted_positives,
+        "true_positives": figures.true_positives,
+    }
+    if figures.rows == 0:
+        status: Status = "no_data"
+    elif figures.rows < rules.min_labelled:
+        status = "insufficient_data"
+        detail["why"] = f"{figures.rows} labelled predictions, {rules.min_labelled} needed"
+    elif not figures.both_classes:
+        status = "insufficient_data"
+        detail["why"] = "every label is of one class: precision and recall need both"
+    elif expected is None:
+        status = "no_reference"
+        detail["why"] = "the version's reference has no expected performance: retrain to get one"
+    else:
+        status = "ok"
+        evidently = evidently_classification(labels, scores, threshold)
+        _cross_check(figures, evidently)
+        detail["evidently"] = evidently
+    if expected is not None:
+        detail["reference_rows"], detail["reference_positives"] = expected.rows, expected.positives
+        if expected.decision_threshold != threshold and status == "ok":
+            detail["why"] = (
+                f"expected precision/recall were measured at threshold {expected.decision_threshold}, "
+                f"the serving threshold is {threshold}: retrain to compare like with like"
+            )
+
+    allowed = {
+        PRECISION: rules.max_precision_drop,
+        RECALL: rules.max_recall_drop,
+        PR_AUC: rules.max_pr_auc_drop,
+    }
+    results, margins, undecided = [], {}, []
+    for feature, name in PERFORMANCE_FIGURES.items():
+        value = getattr(figures, name)
+        reference = None if expected is None else getattr(expected, name)
+        if feature != PR_AUC and expected is not None and expected.decision_threshold != threshold:
+            reference = None  # measured at another threshold: not comparable
+        row_status, verdict = status, None
+        floor = np.nan if reference is None else max(reference - allowed[feature], 0.0)
+        if status == "ok":
+            if reference is None:
+                row_status = "no_reference"
+            elif value is None:
+                row_status = "insufficient_data"  # e.g. precision with no positive decision
+            else:
+                verdict = value < floor
+                if feature != PR_AUC:
+                    margins[name] = value - floor
+        if verdict is None and feature != PR_AUC:
+            undecided.append(name)
+        results.append(
+            window.result(
+                feature,
+                "performance",
+                PERFORMANCE_METHOD,
+                float(floor),
+                decisive=False,
+                score=value,
+                drifted=verdict,
+                status=row_status,
+                detail=detail | {"expected": reference, "allowed_drop": allowed[feature]},
+            )
+        )
+    if status == "ok" and not margins:  # neither precision nor recall could be judged
+        status = (
+            "no_reference" if all(r.status == "no_reference" for r in results[:2]) else "insufficient_data"
+        )
+    margin = min(margins.values()) if margins else None
+    dropped = sorted(name for name, m in margins.items() if m < 0)
+    summary = window.result(
+        PERFORMANCE,
+        "performance",
+        PERFORMANCE_METHOD,
+        0.0,
+        decisive=True,
+        score=margin,
+        drifted=(margin < 0) if status == "ok" else None,
+        status=status,
+        detail=detail
+        | {
+            "dropped": dropped,
+            "undecided": undecided,
+            "figures": {n: getattr(figures, n) for n in PERFORMANCE_FIGURES.values()},
+        },
+    )
+    report = PerformanceReport(start, end, str(model_version), figures.rows, (*results, summary))
+    log.info(
+        "monitoring.performance",
+        model_version=str(model_version),
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+        labelled=figures.rows,
+        status=status,
+        dropped=dropped,
+        **report.figures(),
+    )
+    return report
+
+
+def _cross_check(figures: ClassificationFigures, evidently: Mapping[str, float]) -> None:
+    """Evidently's precision and recall must be the confusion counts' exactly (same ``>=`` rule)."""
+    for name in ("precision", "recall"):
+        ours = getattr(figures, name)
+        if ours is not None and abs(evidently[name] - ours) > _EXACT:
+            raise MonitoringError(
+                f"Evidently's {name} {evidently[name]!r} differs from the confusion counts' {ours!r}: "
+                "the threshold rule or the positive label is not what the loop assumes"
+            )
+
+
+def read_labelled_window(
+    settings: Settings, spec: DatasetSpec, model_version: str, window_start: datetime, window_end: datetime
+) -> pd.DataFrame:
+    """Labelled predictions of ``model_version`` made in ``[window_start, window_end)``: label and score."""
+    from driftloop.feedback import labelled_predictions
+
+    start, end = _utc(window_start), _utc(window_end)
+    rows = labelled_predictions(settings, spec, since=start, model_versions=[str(model_version)])
+    frame = rows.select(["event_id", "label", SCORE, "predicted_at"]).to_pandas()
+    return frame[frame["predicted_at"] < pd.Timestamp(end)].reset_index(drop=True)
+
+
+def write_performance(settings: Settings, report: PerformanceReport) -> tables.AppendResult:
+    """Append the report's rows to ``drift_metrics`` once per version and window: a rerun writes nothing."""
+    app_id = f"performance/{report.model_version}/{report.window_start:{_STAMP}}/{report.window_end:{_STAMP}}"
+    result = tables.idempotent_append(settings, DRIFT_METRICS, report.to_arrow(), app_id)
+    log.info("monitoring.performance_written", app_id=app_id, version=result.version, written=result.written)
+    return result
+
+
+@dataclass(frozen=True)
+class PerformanceVerdict:
+    """What one performance judgement found for the serving version, as XCom carries it."""
+
+    model_version: str
+    window_start: datetime
+    window_end: datetime
+    labelled: int
+    status: Status
+    performance_dropped: bool | None
+    figures: dict[str, float | None]
+    expected: dict[str, float | None] | None
+    table_version: int
+    written: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+        }
+
+
+def monitor_performance(
+    settings: Settings, spec: DatasetSpec, model_version: str, window_end: datetime
+) -> PerformanceVerdict:
+    """Judge the labelled predictions of the ``performance_window_hours`` before ``window_end``, once.
+
+    The window is a function of ``window_end`` (the run's moment) and the rows are written once
+    per window, so a retried task writes nothing twice. A version without a reference, or whose
+    reference predates expected performance, gets ``no_reference`` rows.
+    """
+    end = _utc(window_end)
+    start = end - timedelta(hours=settings.monitoring.performance_window_hours)
+    try:
+        expected = load_reference(settings, model_version).performance
+    except ReferenceNotFound:
+        expected = None
+    frame = read_labelled_window(settings, spec, model_version, start, end)
+    report = compute_performance(
+        expected, frame["label"].to_numpy(), frame[SCORE].to_numpy(), settings, model_version, start, end
+    )
+    written = write_performance(settings, report)
+    return PerformanceVerdict(
+        model_version=str(model_version),
+        window_start=start,
+        window_end=end,
+        labelled=report.labelled,
+        status=report.status,
+        performance_dropped=report.dropped,
+        figures=report.figures(),
+        expected=None if expected is None else asdict(expected),
+        table_version=written.version,
+        written=written.written,
+    )

@@ -356,17 +356,23 @@ def register_candidate(
 def _save_reference(
     settings: Settings, spec: DatasetSpec, version: str, split: TimeSplit, scorer: ModelScorer
 ) -> None:
-    """Monitoring's reference for the version: the validation and holdout rows with their scores.
+    """Monitoring's reference for the version: the validation and holdout rows with their scores,
+    and its holdout precision, recall (at the serving decision threshold) and PR-AUC.
 
     The most recent part of the training range, the rows the version was chosen on, is what
     production traffic should look like; the oldest rows would make recent drift look smaller.
+    The holdout, unseen while tuning and fitting, gives the performance labelled traffic is held to.
     """
-    from driftloop.monitoring import SCORE, save_reference
+    from driftloop.monitoring import SCORE, expected_performance, save_reference
 
     recent = pd.concat([split.validation, split.holdout], ignore_index=True)
     reference = recent[list(spec.model_features)].copy()
     reference[SCORE] = scorer.score(recent)
-    save_reference(settings, version, reference)
+    holdout_scores = reference[SCORE].to_numpy()[len(split.validation) :]
+    performance = expected_performance(
+        split.holdout[spec.label].to_numpy(), holdout_scores, settings.serving.decision_threshold
+    )
+    save_reference(settings, version, reference, performance=performance)
 
 
 def load_scorer(settings: Settings, model_uri: str) -> ModelScorer:

@@ -128,6 +128,21 @@ def test_a_retrain_registers_a_version_whose_lineage_rebuilds_its_training_set(s
     assert (move.alias, move.version, move.previous_version) == (CHAMPION, version, None)
 
 
+def test_a_registered_version_carries_its_holdout_performance_for_monitoring(trained):
+    from driftloop.monitoring import expected_performance, load_reference
+    from driftloop.retraining import _split
+
+    settings, spec, _, data, _, _, version, _ = trained
+    holdout = _split(load_prepared(settings, data), spec, settings).holdout
+    scorer = load_scorer(settings, f"models:/{Registry(settings).name}/{version}")
+    performance = load_reference(settings, version).performance
+    assert performance == expected_performance(
+        holdout[spec.label].to_numpy(), scorer.score(holdout), settings.serving.decision_threshold
+    )
+    assert performance.rows == len(holdout)
+    assert performance.pr_auc is not None
+
+
 def test_the_model_behaves_invariance_and_direction(trained):
     settings, spec, _, data, *_, version, _ = trained
     scorer = load_scorer(settings, f"models:/{settings.registered_model}/{version}")

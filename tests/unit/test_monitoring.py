@@ -396,3 +396,66 @@ def test_prune_reports_deletes_by_window_age_only(settings):
     assert recent.exists()
     assert stray.exists()
     assert prune_reports(settings, now) == []
+
+
+# --- classification performance ---------------------------------------------------------------------
+
+
+def _performance_settings(**monitoring):
+    from driftloop.config import Settings
+
+    return Settings(monitoring=MonitoringSettings(**({"min_labelled": 20} | monitoring)))
+
+
+def test_reference_keeps_expected_performance_and_reads_references_saved_before_it(reference):
+    from dataclasses import replace
+
+    from driftloop.monitoring import ExpectedPerformance
+
+    expected = ExpectedPerformance(
+        precision=0.5, recall=None, pr_auc=0.4, decision_threshold=0.5, rows=100, positives=0
+    )
+    with_figures = replace(reference, performance=expected)
+    assert ReferenceStats.from_json(with_figures.to_json()) == with_figures
+    assert "performance" not in json.loads(reference.to_json()), "older readers see the same document"
+    assert ReferenceStats.from_json(reference.to_json()).performance is None
+
+
+def test_performance_figures_are_the_confusion_counts_and_sklearn_pr_auc():
+    from sklearn.metrics import average_precision_score, precision_score, recall_score
+
+    from driftloop.monitoring import classification_figures
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random(500) < 0.2).astype(int)
+    scores = np.clip(0.35 * labels + rng.random(500) * 0.7, 0, 1)
+    scores[:5] = 0.5  # exactly at the threshold: a positive decision, as served
+    figures = classification_figures(labels, scores, 0.5)
+    assert figures.precision == precision_score(labels, scores >= 0.5)
+    assert figures.recall == recall_score(labels, scores >= 0.5)
+    assert figures.pr_auc == average_precision_score(labels, scores)
+    nobody_flagged = classification_figures(labels, np.zeros(500), 0.5)
+    assert (nobody_flagged.precision, nobody_flagged.recall) == (None, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("labels", "status", "why"),
+    [
+        ([], "no_data", None),
+        ([1, 0] * 5, "insufficient_data", "10 labelled predictions, 20 needed"),
+        ([0] * 40, "insufficient_data", "every label is of one class"),
+    ],
+)
+def test_a_performance_window_without_enough_evidence_is_never_a_pass(labels, status, why):
+    from driftloop.monitoring import PERFORMANCE, ExpectedPerformance, compute_performance
+
+    expected = ExpectedPerformance(
+        precision=0.9, recall=0.9, pr_auc=0.9, decision_threshold=0.5, rows=100, positives=30
+    )
+    scores = np.full(len(labels), 0.1)  # nothing flagged: a real window would have dropped
+    report = compute_performance(expected, np.array(labels), scores, _performance_settings(), "7", START, END)
+    assert report.status == status
+    assert report.dropped is None
+    assert {r.drifted for r in report.results} == {None}
+    assert [r.feature for r in report.results][-1] == PERFORMANCE
+    assert why is None or report.summary.detail["why"].startswith(why)
