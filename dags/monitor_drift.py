@@ -10,6 +10,11 @@ when it was registered (the rows it was validated on, with their scores).
    An empty or too small window is an explicit `no_data` / `insufficient_data` result, never a pass.
 2. **render_report** — the Evidently HTML report of the same window in the lake
    (`reports/drift/v<version>/<window>.html`), and reports past their retention deleted.
+3. **judge_performance** (beside 1, same moment) — the champion's predictions of the last
+   `performance_window_hours` whose labels have arrived (late labels, accepted feedback):
+   precision and recall at the decision threshold and PR-AUC (Evidently's ClassificationPreset)
+   against the version's holdout figures, written to `drift_metrics` once per window. Too few
+   labels is an explicit `insufficient_data`, a version without holdout figures `no_reference`.
 
 Triggers: new predictions in the log (`driftloop.prediction_log`, announced by a watcher in the
 triggerer) and a cron backstop (`DRIFTLOOP_MONITORING__SCHEDULE`). The `watch_drift` DAG reads the
@@ -69,7 +74,25 @@ def monitor_drift():
         prune_reports(settings, window_end)
         return uri
 
+    @task
+    def judge_performance(dag_run=None) -> dict:
+        """Classification performance of the champion's labelled predictions up to the run's moment."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from driftloop.dataset import get_dataset_spec
+        from driftloop.monitoring import monitor_performance
+        from driftloop.registry import CHAMPION, Registry
+
+        settings = get_settings()
+        champion = Registry(settings).alias_version(CHAMPION)
+        if champion is None:
+            raise AirflowSkipException("no champion is serving yet: nothing to monitor")
+        # the same moment as judge_window: a breach carries both findings of this run
+        window_end = dag_run.run_after.replace(microsecond=0)
+        return monitor_performance(settings, get_dataset_spec(), str(champion.version), window_end).as_dict()
+
     render_report(judge_window())
+    judge_performance()
 
 
 monitor_drift()

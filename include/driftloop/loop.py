@@ -1,17 +1,19 @@
 """Closing the loop: which drift breach of the serving version starts a retrain, under guard rails.
 
 A breach is a judged window whose dataset verdict (share of drifted features) or score verdict
-is drift. Every breach the drift sensor acts on is decided once — retrain or suppressed, with the
-reason — and recorded in the ``retrain_triggers`` table; the guard rails (cooldown after a
-retrain, a cap on retrains per 24 hours) read that record, so a retrain storm cannot happen
-however often monitoring finds drift, and a retried task decides nothing twice.
+is drift, or whose labelled predictions lost precision or recall (concept drift: same inputs,
+a different label relationship). Every breach the drift sensor acts on is decided once —
+retrain or suppressed, with the reason — and recorded in the ``retrain_triggers`` table; the
+guard rails (cooldown after a retrain, a cap on retrains per 24 hours) read that record, so a
+retrain storm cannot happen however often monitoring finds drift, and a retried task decides
+nothing twice.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -21,7 +23,7 @@ from driftloop.config import Settings
 from driftloop.lake import tables
 from driftloop.lake.names import DRIFT_METRICS, RETRAIN_TRIGGERS
 from driftloop.log import get_logger
-from driftloop.monitoring import DATASET, SCORE, report_uri
+from driftloop.monitoring import DATASET, PERFORMANCE, PERFORMANCE_FIGURES, SCORE, report_uri
 
 log = get_logger(__name__)
 
@@ -49,7 +51,8 @@ class LoopError(RuntimeError):
 
 @dataclass(frozen=True)
 class Breach:
-    """A judged window of the serving version that drifted, with what the drift Asset event carries."""
+    """A judged window of the serving version that drifted or lost performance, with what the
+    drift Asset event carries."""
 
     model_version: str
     window_start: datetime
@@ -62,16 +65,44 @@ class Breach:
     drifted_features: list[str]
     feature_scores: dict[str, float]
     report_uri: str
+    performance_dropped: bool = False
+    """Precision or recall of the labelled predictions fell beyond its allowed drop."""
+    performance: dict[str, float | None] = field(default_factory=dict)
+    """Observed precision, recall and PR-AUC of the performance window ending with this one."""
+    expected_performance: dict[str, float | None] = field(default_factory=dict)
+    """The version's holdout figures they were held to."""
+    dropped_metrics: list[str] = field(default_factory=list)
+    labelled: int = 0
+    """Labelled predictions the performance figures come from."""
 
     @property
     def breach_id(self) -> str:
         return f"v{self.model_version}/{self.window_start:%Y%m%dT%H%M%S}-{self.window_end:%Y%m%dT%H%M%S}"
 
     @property
+    def data_drifted(self) -> bool:
+        return self.dataset_drifted or self.score_drifted
+
+    @property
     def reason(self) -> str:
-        what = ", ".join(self.drifted_features[:8]) or "no single feature"
-        score = " and the score distribution" if self.score_drifted else ""
-        return f"drift on serving version {self.model_version}: {what}{score} ({self.rows} predictions)"
+        parts = []
+        if self.data_drifted:
+            what = ", ".join(self.drifted_features[:8]) or "no single feature"
+            score = " and the score distribution" if self.score_drifted else ""
+            parts.append(
+                f"drift on serving version {self.model_version}: {what}{score} ({self.rows} predictions)"
+            )
+        if self.performance_dropped:
+            figures = ", ".join(
+                f"{name} {_figure(self.performance.get(name))} "
+                f"(holdout {_figure(self.expected_performance.get(name))})"
+                for name in self.dropped_metrics
+            )
+            parts.append(
+                f"performance drop on serving version {self.model_version}: {figures} "
+                f"({self.labelled} labelled predictions)"
+            )
+        return "; ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {
@@ -87,6 +118,10 @@ class Breach:
         for moment in ("window_start", "window_end"):
             fields[moment] = datetime.fromisoformat(fields[moment])
         return cls(**fields)
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 @dataclass(frozen=True)
@@ -113,7 +148,12 @@ def _sql_time(moment: datetime) -> str:
 
 
 def find_breach(settings: Settings, model_version: str, after: datetime | None = None) -> Breach | None:
-    """The latest drifted window of ``model_version`` that ended after ``after`` (None: any)."""
+    """The latest breach of ``model_version`` whose window ended after ``after`` (None: any).
+
+    A breach is a decisive drifted row: the dataset or score verdict of a drift window, or the
+    ``__performance__`` verdict of a performance window. monitor_drift ends both windows at the
+    run's moment, so a breach carries the drift and the performance findings of that moment.
+    """
     version = _check_version(model_version)
     table = tables.open_table(settings, DRIFT_METRICS)
     if table is None:
@@ -121,23 +161,33 @@ def find_breach(settings: Settings, model_version: str, after: datetime | None =
     since = f"AND window_end > {_sql_time(after)}" if after is not None else ""
     latest = tables.query(
         table,
-        f"""SELECT window_start, window_end FROM t
+        f"""SELECT window_end FROM t
             WHERE model_version = '{version}' AND decisive AND drifted
-              AND feature IN ('{DATASET}', '{SCORE}') {since}
-            ORDER BY window_end DESC, window_start DESC LIMIT 1""",
+              AND feature IN ('{DATASET}', '{SCORE}', '{PERFORMANCE}') {since}
+            ORDER BY window_end DESC LIMIT 1""",
     ).to_pylist()
     if not latest:
         return None
-    start, end = latest[0]["window_start"], latest[0]["window_end"]
+    end = latest[0]["window_end"]
     rows = tables.query(
         table,
-        f"""SELECT feature, score, drifted, rows FROM t
-            WHERE model_version = '{version}' AND decisive
-              AND window_start = {_sql_time(start)} AND window_end = {_sql_time(end)}""",
+        f"""SELECT window_start, feature, kind, score, drifted, rows, detail FROM t
+            WHERE model_version = '{version}' AND window_end = {_sql_time(end)}
+              AND (decisive OR kind = 'performance')""",
     ).to_pylist()
-    by_feature = {r["feature"]: r for r in rows}
+    drift = [r for r in rows if r["kind"] != "performance"]
+    performance = [r for r in rows if r["kind"] == "performance"]
+    drift_start = _window_start(drift, (DATASET, SCORE))
+    performance_start = _window_start(performance, (PERFORMANCE,))
+    by_feature = {r["feature"]: r for r in drift if r["window_start"] == drift_start}
     dataset, score = by_feature.get(DATASET, {}), by_feature.get(SCORE, {})
     features = {name: r for name, r in by_feature.items() if name not in (DATASET, SCORE)}
+    data_drifted = bool(dataset.get("drifted")) or bool(score.get("drifted"))
+    judged = {r["feature"]: r for r in performance if r["window_start"] == performance_start}
+    summary = judged.get(PERFORMANCE, {})
+    figures = {name: judged[feature] for feature, name in PERFORMANCE_FIGURES.items() if feature in judged}
+    start = drift_start if data_drifted or performance_start is None else performance_start
+    report_start = drift_start or end - timedelta(minutes=settings.monitoring.window_minutes)
     return Breach(
         model_version=version,
         window_start=start,
@@ -149,8 +199,21 @@ def find_breach(settings: Settings, model_version: str, after: datetime | None =
         score_psi=score.get("score"),
         drifted_features=sorted(name for name, r in features.items() if r["drifted"]),
         feature_scores={name: r["score"] for name, r in sorted(features.items()) if r["score"] is not None},
-        report_uri=report_uri(settings, version, start, end),
+        report_uri=report_uri(settings, version, report_start, end),
+        performance_dropped=bool(summary.get("drifted")),
+        performance={name: r["score"] for name, r in sorted(figures.items())},
+        expected_performance={
+            name: json.loads(r["detail"] or "{}").get("expected") for name, r in sorted(figures.items())
+        },
+        dropped_metrics=list(json.loads(summary.get("detail") or "{}").get("dropped", [])),
+        labelled=int(summary.get("rows") or 0),
     )
+
+
+def _window_start(rows: list[dict[str, Any]], verdicts: tuple[str, ...]) -> datetime | None:
+    """Start of the window these rows judge: the latest that breached, else the latest at all."""
+    breached = [r["window_start"] for r in rows if r["feature"] in verdicts and r["drifted"]]
+    return max(breached or [r["window_start"] for r in rows], default=None)
 
 
 def decisions(settings: Settings) -> list[dict[str, Any]]:
@@ -220,6 +283,7 @@ def decide_breach(settings: Settings, breach: Breach, run_id: str, now: datetime
         reason=decision.reason,
         drifted=breach.drifted_features,
         score_drifted=breach.score_drifted,
+        performance_dropped=breach.performance_dropped,
     )
     return decision
 

@@ -14,6 +14,7 @@ import pytest
 from driftloop.lake import tables
 from driftloop.lake.names import DRIFT_METRICS, RETRAIN_TRIGGERS
 from driftloop.loop import (
+    Breach,
     decide_breach,
     decisions,
     find_breach,
@@ -21,20 +22,37 @@ from driftloop.loop import (
     last_decided_window,
     pending_breach,
 )
-from driftloop.monitoring import SCORE, monitor_window, render_window_report, save_reference
+from driftloop.monitoring import (
+    PERFORMANCE,
+    SCORE,
+    classification_figures,
+    expected_performance,
+    monitor_performance,
+    monitor_window,
+    render_window_report,
+    save_reference,
+)
 from tests.models import feature_rows, register_model
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
-def _champion_with_reference(settings, spec) -> str:
+def _champion_with_reference(settings, spec, with_performance: bool = False) -> str:
+    """A good champion and its reference; ``with_performance`` adds its holdout figures, as
+    registration does (without: a reference saved before references carried them)."""
     from driftloop.retraining import load_scorer
 
     version = register_model(settings, "good", alias="champion")
     scorer = load_scorer(settings, f"models:/{settings.registered_model}/{version}")
-    reference = feature_rows(spec, 3000, seed=11)
-    reference = reference[list(spec.model_features)].assign(**{SCORE: scorer.score(reference)})
-    save_reference(settings, version, reference)
+    holdout = feature_rows(spec, 3000, seed=11)
+    scores = scorer.score(holdout)
+    reference = holdout[list(spec.model_features)].assign(**{SCORE: scores})
+    performance = (
+        expected_performance(holdout[spec.label], scores, settings.serving.decision_threshold)
+        if with_performance
+        else None
+    )
+    save_reference(settings, version, reference, performance=performance)
     return version
 
 
@@ -56,6 +74,30 @@ def _log_predictions(settings, spec, version: str, frame: pd.DataFrame, at: date
         predicted_at=[at - timedelta(seconds=60 * (i + 1) / (n + 1)) for i in range(n)],
     )
     append_to_lake(settings)(pa.Table.from_pandas(rows, schema=log_schema(spec), preserve_index=False))
+
+
+def _land_labels(settings, spec, frame: pd.DataFrame, flipped: bool = False) -> None:
+    """Late labels of ``frame``'s events as ingest lands them (event id, 0/1 label, label time);
+    ``flipped``: the concept drifted — the same inputs now mean the opposite."""
+    from deltalake import write_deltalake
+
+    from driftloop.lake.names import BRONZE_LABELS
+
+    labels = frame[spec.label].to_numpy()
+    labels = 1 - labels if flipped else labels
+    table = pa.table(
+        {
+            spec.event_id: frame[spec.event_id].to_numpy(),
+            spec.label: pa.array(labels, pa.int64()),
+            spec.label_time: pa.array([NOW] * len(frame), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    write_deltalake(tables.delta_rs_uri(settings.table_uri(BRONZE_LABELS)), table, mode="append")
+
+
+def _performance_rows(settings, window_end: datetime) -> dict[str, dict]:
+    rows = tables.read_table(settings, DRIFT_METRICS).to_pylist()
+    return {r["feature"]: r for r in rows if r["kind"] == "performance" and r["window_end"] == window_end}
 
 
 def _drifted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -226,3 +268,96 @@ def test_the_prediction_log_watcher_announces_new_predictions(loop_settings, spe
 
 async def _first_event(trigger):
     return await asyncio.wait_for(anext(trigger.run()), 60)
+
+
+# --- classification performance: concept drift closes the loop too --------------------------------
+
+
+def test_labels_that_agree_with_the_model_are_no_performance_breach_and_a_rerun_writes_nothing(
+    loop_settings, spec
+):
+    from driftloop.retraining import load_scorer
+
+    settings = loop_settings
+    version = _champion_with_reference(settings, spec, with_performance=True)
+    served = feature_rows(spec, 1500, seed=21)
+    _log_predictions(settings, spec, version, served, NOW)
+    _land_labels(settings, spec, served)
+
+    verdict = monitor_performance(settings, spec, version, NOW)
+    assert (verdict.status, verdict.labelled, verdict.performance_dropped) == ("ok", 1500, False)
+    # the figures are the confusion counts' of what was served, exactly
+    scorer = load_scorer(settings, f"models:/{settings.registered_model}/{version}")
+    truth = classification_figures(
+        served[spec.label], scorer.score(served), settings.serving.decision_threshold
+    )
+    assert verdict.figures == {"precision": truth.precision, "recall": truth.recall, "pr_auc": truth.pr_auc}
+    rows = _performance_rows(settings, NOW)
+    assert set(rows) == {"__precision__", "__recall__", "__pr_auc__", PERFORMANCE}
+    assert rows[PERFORMANCE]["decisive"]
+    assert rows[PERFORMANCE]["drifted"] is False
+    assert rows["__recall__"]["threshold"] == pytest.approx(verdict.expected["recall"] - 0.1)
+    assert all(r["method"] == "evidently_classification" for r in rows.values())
+    assert find_breach(settings, version) is None, "a model as good as on its holdout must not breach"
+
+    again = monitor_performance(settings, spec, version, NOW)
+    assert again.written is False
+    assert again.table_version == verdict.table_version, "a rerun writes nothing"
+    assert len(_performance_rows(settings, NOW)) == 4
+
+
+def test_flipped_labels_are_a_performance_breach_the_loop_retrains_on(loop_settings, spec):
+    settings = loop_settings
+    version = _champion_with_reference(settings, spec, with_performance=True)
+    served = feature_rows(spec, 1500, seed=21)
+    _log_predictions(settings, spec, version, served, NOW)
+    _land_labels(settings, spec, served, flipped=True)
+
+    inputs = monitor_window(settings, version, NOW)
+    assert inputs.dataset_drifted is False, "concept drift leaves the inputs alone"
+    assert inputs.score_drifted is False
+    verdict = monitor_performance(settings, spec, version, NOW)
+    assert (verdict.status, verdict.performance_dropped) == ("ok", True)
+
+    breach = find_breach(settings, version)
+    assert breach is not None
+    assert breach.performance_dropped
+    assert (breach.dataset_drifted, breach.score_drifted, breach.drifted_features) == (False, False, [])
+    assert breach.window_end == NOW
+    assert breach.labelled == 1500
+    assert {"precision", "recall"} <= set(breach.dropped_metrics)
+    assert breach.performance["recall"] < breach.expected_performance["recall"] - 0.1
+    assert breach.reason.startswith(f"performance drop on serving version {version}: precision")
+    assert breach.report_uri.endswith(".html")
+    assert Breach.from_dict(breach.as_dict()) == breach, "the Asset event's extra rebuilds the breach"
+
+    decision = decide_breach(settings, breach, "run-concept", NOW + timedelta(seconds=30))
+    assert decision.retrain
+    assert find_breach(settings, version, last_decided_window(settings, version)) is None
+
+
+def test_too_few_labels_or_no_expected_figures_is_never_a_pass(loop_settings, spec):
+    settings = loop_settings
+    version = _champion_with_reference(settings, spec, with_performance=True)
+    served = feature_rows(spec, 1500, seed=21)
+    _log_predictions(settings, spec, version, served, NOW)
+    _land_labels(settings, spec, served.head(50), flipped=True)  # bad, but only 50 of 200 labels
+
+    few = monitor_performance(settings, spec, version, NOW)
+    assert (few.status, few.labelled, few.performance_dropped) == ("insufficient_data", 50, None)
+    assert {r["status"] for r in _performance_rows(settings, NOW).values()} == {"insufficient_data"}
+    assert {r["drifted"] for r in _performance_rows(settings, NOW).values()} == {None}
+    assert find_breach(settings, version) is None
+
+    # a version whose reference predates expected figures: explicit no_reference
+    older = _champion_with_reference(settings, spec)
+    other = feature_rows(spec, 400, seed=5).assign(event_id=lambda f: "older-" + f["event_id"])
+    later = NOW + timedelta(minutes=5)
+    _log_predictions(settings, spec, older, other, later)
+    _land_labels(settings, spec, other)
+    unjudged = monitor_performance(settings, spec, older, later)
+    assert (unjudged.status, unjudged.labelled, unjudged.performance_dropped) == ("no_reference", 400, None)
+    assert unjudged.expected is None
+
+    empty = monitor_performance(settings, spec, version, NOW + timedelta(days=3))
+    assert (empty.status, empty.labelled, empty.performance_dropped) == ("no_data", 0, None)
