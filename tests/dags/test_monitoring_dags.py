@@ -36,12 +36,18 @@ def loop_env(settings, monkeypatch):
     get_settings.cache_clear()
 
 
+def _whole_second() -> datetime:
+    """Now, to the second: predictions stamped before it fall in the window monitor_drift judges,
+    which ends at its run's moment truncated to the second (possibly the same second as now)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 def test_drifted_predictions_are_judged_and_the_sensor_emits_the_drift_asset(loop_env, spec, dagbag):  # noqa: F811
     from airflow.utils.state import DagRunState
 
     settings = loop_env
     version = _champion_with_reference(settings, spec)
-    _log_predictions(settings, spec, version, _drifted(feature_rows(spec, 800, seed=4)), datetime.now(UTC))
+    _log_predictions(settings, spec, version, _drifted(feature_rows(spec, 800, seed=4)), _whole_second())
 
     monitor = dagbag.get_dag("monitor_drift").test()
     states = {ti.task_id: ti.state for ti in monitor.get_task_instances()}
@@ -75,7 +81,7 @@ def test_concept_drift_in_the_labels_is_judged_and_the_sensor_emits_the_drift_as
     settings = loop_env
     version = _champion_with_reference(settings, spec, with_performance=True)
     served = feature_rows(spec, 1500, seed=21)  # the inputs the reference knows ...
-    _log_predictions(settings, spec, version, served, datetime.now(UTC))
+    _log_predictions(settings, spec, version, served, _whole_second())
     _land_labels(settings, spec, served, flipped=True)  # ... whose labels now mean the opposite
 
     monitor = dagbag.get_dag("monitor_drift").test()
