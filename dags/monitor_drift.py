@@ -9,7 +9,8 @@ when it was registered (the rows it was validated on, with their scores).
    (share of drifted features), all written to the `drift_metrics` Delta table once per window.
    An empty or too small window is an explicit `no_data` / `insufficient_data` result, never a pass.
 2. **render_report** — the Evidently HTML report of the same window in the lake
-   (`reports/drift/v<version>/<window>.html`), and reports past their retention deleted.
+   (`reports/drift/v<version>/<window>.html`) when it drifted, and on every cron run; reports past
+   their retention are deleted.
 3. **judge_performance** (beside 1, same moment) — the champion's predictions of the last
    `performance_window_hours` whose labels have arrived (late labels, accepted feedback):
    precision and recall at the decision threshold and PR-AUC (Evidently's ClassificationPreset)
@@ -62,10 +63,19 @@ def monitor_drift():
         return monitor_window(settings, str(champion.version), window_end).as_dict()
 
     @task
-    def render_report(verdict: dict) -> str | None:
-        """The window's Evidently report (None when it has too few rows), and retention."""
+    def render_report(verdict: dict, dag_run=None) -> str | None:
+        """The window's Evidently report (None when it has too few rows), and retention.
+
+        Rendered for a drifted window and on every cron run; a calm window announced by new
+        predictions (every few seconds under traffic) gets none, which keeps runs short.
+        """
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from driftloop.monitoring import prune_reports, render_window_report
 
+        drifted = verdict["dataset_drifted"] or verdict["score_drifted"]
+        if not drifted and str(getattr(dag_run.run_type, "value", dag_run.run_type)) != "scheduled":
+            raise AirflowSkipException("no drift in this window: its report waits for the cron run")
         settings = get_settings()
         window_end = datetime.fromisoformat(verdict["window_end"])
         uri = render_window_report(

@@ -31,13 +31,19 @@ CHALLENGER, CHAMPION, DRIFT = challenger_asset(), champion_asset(), drift_asset(
 _defaults = get_settings().training
 
 
+def _schedule():
+    """Drift, new features (unless DRIFTLOOP_TRAINING__RETRAIN_ON_FEATURES=false) and the cron backstop."""
+    assets = features_asset() | DRIFT if _defaults.retrain_on_features else DRIFT
+    if _defaults.backstop_cron is None:
+        return assets
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(_defaults.backstop_cron, timezone="UTC"), assets=assets
+    )
+
+
 @dag(
     dag_id="train_model",
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
-        # DRIFTLOOP_TRAINING__RETRAIN_ON_FEATURES=false leaves drift (and cron, REST) as the triggers
-        assets=features_asset() | drift_asset() if _defaults.retrain_on_features else drift_asset(),
-    ),
+    schedule=_schedule(),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

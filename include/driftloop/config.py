@@ -41,6 +41,11 @@ class TrainingSettings(BaseModel):
     )
     min_rows: int = Field(500, ge=10, description="Fewer labelled events than this: refuse to train.")
     min_positives: int = Field(10, ge=2, description="Fewer positive labels than this: refuse to train.")
+    backstop_cron: str | None = Field(
+        "0 3 * * *",
+        description="Cron of train_model's scheduled backstop retrain (UTC). None (`null`): no scheduled "
+        "retrains.",
+    )
     retrain_on_features: bool = Field(
         True,
         description="Every new features table version starts train_model. Off: only drift, the daily "
@@ -370,8 +375,14 @@ class LoopSettings(BaseModel):
 class Settings(BaseSettings):
     """Everything that differs between runs, places and profiles."""
 
+    # "null" spells None in the environment (an empty value is not reliably passed on by every
+    # process that parses DAG files)
     model_config = SettingsConfigDict(
-        env_prefix="DRIFTLOOP_", env_nested_delimiter="__", extra="ignore", frozen=True
+        env_prefix="DRIFTLOOP_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+        env_parse_none_str="null",
     )
 
     profile: Profile = Field("local", description="Where driftloop runs: one machine or Kubernetes.")

@@ -76,7 +76,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             name = f"{prefix}{key.upper()}"
             if isinstance(value, Mapping):
                 flatten(f"{name}__", value)
-            elif value is not None:
+            else:  # None becomes "null" (the settings' spelling of None); never an empty value
                 env[name] = value if isinstance(value, str) else json.dumps(value)
 
     flatten(_SETTINGS_PREFIX, settings.model_dump(mode="json", exclude_defaults=True))
