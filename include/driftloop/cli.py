@@ -144,13 +144,15 @@ def registry_aliases() -> None:
 @app.command()
 def demo() -> None:
     """The main job on the embedded defaults, end to end, printing what happened."""
-    from driftloop.demo import run_data_plane_demo
-    from driftloop.lake.spark import stop_spark
+    from driftloop.closed_loop import LoopError
+    from driftloop.demo import run_demo
+    from driftloop.stack import StackError
 
     try:
-        run_data_plane_demo(_settings(), _spec(), typer.echo)
-    finally:
-        stop_spark()
+        run_demo(_settings(), _spec(), typer.echo)
+    except (LoopError, StackError) as exc:
+        typer.echo(f"demo stopped: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -205,6 +205,7 @@ class AirflowStack:
         env = self._environment()
         try:
             self._migrate(env)
+            _create_mlflow_store(self.settings)
             for component in self._components():
                 self._launch(component, env)
             self._wait_healthy(began)
@@ -477,6 +478,16 @@ def _body(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text
+
+
+def _create_mlflow_store(settings: Settings) -> None:
+    """Create a local MLflow store's tables now: tasks of several DAGs creating them at once
+    leave a half-migrated SQLite store that every later connection fails on."""
+    if settings.tracking_uri.startswith("sqlite:"):
+        from mlflow import MlflowClient
+
+        (settings.data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+        MlflowClient(settings.tracking_uri).search_experiments(max_results=1)
 
 
 def _fernet_key() -> str:

@@ -29,6 +29,7 @@ BENCHMARKS = {
     "tuning": "tests.bench.tuning",
     "serving": "tests.bench.serving",
     "drift": "tests.bench.drift",
+    "loop": "tests.bench.loop",
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,7 +53,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="rounds per configuration, reported as their median, for benchmarks that take them (serving)",
+        help="rounds per configuration, reported as their median, for benchmarks that take them "
+        "(serving, loop)",
     )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:

@@ -1,0 +1,74 @@
+"""Loop-latency benchmark: the closed loop on the embedded stack with the demo's windows, stage by stage.
+
+Each round starts a fresh stack and lake and runs :class:`driftloop.closed_loop.ClosedLoop` (the
+`make demo` loop). Stages are measured from the driver's marks; the table shows each stage's
+median over the rounds. Targets (issue 5): drifted batch lands → drift Asset event within 60 s;
+drift → new champion promoted within 10 minutes.
+
+"Drifted batch lands" here is when the drifted batch's files are written to the landing area;
+its predictions start when its features exist (the clients score featurized events), so the
+table also shows drifted traffic → drift event, the monitoring path on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from driftloop.closed_loop import ClosedLoop, loop_settings, loop_stack
+from driftloop.config import Settings
+from driftloop.dataset import load_dataset_spec
+
+RESULTS = Path(__file__).parent / "results"
+STAGES = (
+    ("drifted batch lands → drift Asset event", "drift_landed", "drift_event", 60.0),
+    ("drifted batch lands → featurized", "drift_landed", "drift_featurized", None),
+    ("drifted traffic starts → drift Asset event", "drift_traffic", "drift_event", None),
+    ("drift Asset event → challenger registered", "drift_event", "challenger_registered", None),
+    ("challenger registered → canary started", "challenger_registered", "canary_started", None),
+    ("canary started → promoted", "canary_started", "promoted", None),
+    ("drift Asset event → promoted", "drift_event", "promoted", 600.0),
+)
+
+
+def run(echo: Callable[[str], None], rounds: int = 3) -> list[dict]:
+    spec = load_dataset_spec()
+    marks = []
+    for round_ in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="driftloop-bench-loop-") as scratch:
+            settings = loop_settings(Settings(data_dir=Path(scratch) / "data"))
+            with loop_stack(settings, echo) as stack:
+                report = ClosedLoop(settings, spec, stack, echo=echo).run()
+            marks.append(report.marks)
+            rounded = {k: round(v, 1) for k, v in report.marks.items()}
+            echo(f"round {round_ + 1}/{rounds}: {json.dumps(rounded)}")
+    rows = []
+    for label, first, last, target in STAGES:
+        seconds = [m[last] - m[first] for m in marks if first in m and last in m]
+        rows.append(
+            {
+                "stage": label,
+                "median_s": statistics.median(seconds) if seconds else None,
+                "runs_s": seconds,
+                "target_s": target,
+                "rounds": rounds,
+            }
+        )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "loop.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def summary(rows: list[dict]) -> str:
+    lines = ["| stage | median | runs | target |", "|---|---|---|---|"]
+    for row in rows:
+        median = "—" if row["median_s"] is None else f"{row['median_s']:.0f} s"
+        runs = ", ".join(f"{s:.0f}" for s in row["runs_s"])
+        target = "" if row["target_s"] is None else f"≤ {row['target_s']:.0f} s"
+        if row["target_s"] is not None and row["median_s"] is not None:
+            target += " (met)" if row["median_s"] <= row["target_s"] else " (not met)"
+        lines.append(f"| {row['stage']} | {median} | {runs} | {target} |")
+    return "\n".join(lines)
