@@ -20,7 +20,9 @@ from driftloop.config import Settings
 from driftloop.dataset import load_dataset_spec
 from driftloop.processes import free_port
 
-pytestmark = pytest.mark.slow
+# the module's first test sets the whole loop up (about 11 minutes here): pytest-timeout counts
+# fixture setup against that test, so the suite-wide 15 minutes would leave no headroom
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 @pytest.fixture(scope="module")
