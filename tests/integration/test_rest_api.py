@@ -114,6 +114,121 @@ print(run.dag_run_id)
 """
 
 
+# The README's REST recipes (curl after the token lines, and the official Python client), verbatim:
+# a retrain with parameters, an Asset event, the rollout status
+RETRAIN_WITH_PYTHON = r"""
+import json
+import os
+import urllib.request
+
+import airflow_client.client as airflow_client
+from airflow_client.client.api.dag_run_api import DagRunApi
+from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
+
+url = os.environ.get("AIRFLOW_URL", "http://127.0.0.1:8080")
+login = {"username": "admin", "password": os.environ["AIRFLOW_PASSWORD"]}
+request = urllib.request.Request(
+    f"{url}/auth/token", json.dumps(login).encode(), {"Content-Type": "application/json"}
+)
+token = json.load(urllib.request.urlopen(request))["access_token"]
+params = {"n_trials": 2, "metric": "recall_at_fpr", "timeout_minutes": 5, "reason": "quarterly model review"}
+with airflow_client.ApiClient(airflow_client.Configuration(host=url, access_token=token)) as api:
+    run = DagRunApi(api).trigger_dag_run(
+        "train_model", TriggerDAGRunPostBody(logical_date=None, conf=params)
+    )
+print(run.dag_run_id)
+"""
+
+ASSET_EVENT_WITH_CURL = r"""
+ASSET_ID=$(curl -sS --fail-with-body "$AIRFLOW_URL/api/v2/assets?name_pattern=driftloop.features" \
+  -H "Authorization: Bearer $TOKEN" | python3 -c 'import json, sys
+print(next(a["id"] for a in json.load(sys.stdin)["assets"] if a["name"] == "driftloop.features"))')
+curl -sS --fail-with-body -X POST "$AIRFLOW_URL/api/v2/assets/events" \
+  -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"asset_id": '"$ASSET_ID"', "extra": {"source": "feature-backfill",
+       "reason": "features recomputed after the merchant-id fix"}}'
+"""
+
+ASSET_EVENT_WITH_PYTHON = r"""
+import json
+import os
+import urllib.request
+
+import airflow_client.client as airflow_client
+from airflow_client.client.api.asset_api import AssetApi
+from airflow_client.client.models.create_asset_events_body import CreateAssetEventsBody
+
+url = os.environ.get("AIRFLOW_URL", "http://127.0.0.1:8080")
+login = {"username": "admin", "password": os.environ["AIRFLOW_PASSWORD"]}
+request = urllib.request.Request(
+    f"{url}/auth/token", json.dumps(login).encode(), {"Content-Type": "application/json"}
+)
+token = json.load(urllib.request.urlopen(request))["access_token"]
+extra = {"source": "feature-backfill", "reason": "second backfill pass"}
+with airflow_client.ApiClient(airflow_client.Configuration(host=url, access_token=token)) as api:
+    assets = AssetApi(api)
+    found = assets.get_assets(name_pattern="driftloop.features").assets
+    (asset,) = [a for a in found if a.name == "driftloop.features"]
+    event = assets.create_asset_event(CreateAssetEventsBody(asset_id=asset.id, extra=extra))
+print(event.id)
+"""
+
+ROLLOUT_STATUS_WITH_CURL = r"""
+RUNS="$AIRFLOW_URL/api/v2/dags/deploy_model/dagRuns"
+AUTH="Authorization: Bearer $TOKEN"
+LATEST=$(curl -sS --fail-with-body "$RUNS?order_by=-run_after&limit=1" -H "$AUTH" \
+  | python3 -c 'import json, sys
+runs = json.load(sys.stdin)["dag_runs"]
+if runs: print(runs[0]["dag_run_id"], runs[0]["state"])')
+if [ -z "$LATEST" ]; then
+  echo "no rollout yet: deploy_model has no runs"
+else
+  RUN_ID=${LATEST% *}
+  echo "deploy_model run $RUN_ID: ${LATEST##* }"
+  curl -sS --fail-with-body "$RUNS/$RUN_ID/taskInstances" -H "$AUTH" | python3 -c 'import json, sys
+for t in json.load(sys.stdin)["task_instances"]: print(" ", t["task_id"], t["state"])'
+  # canary_rollout's return value once the canary has ended; a 404 (none yet) before
+  curl -sS "$RUNS/$RUN_ID/taskInstances/canary_rollout/xcomEntries/return_value" -H "$AUTH" \
+    | python3 -c 'import json, sys
+x = json.load(sys.stdin); print("  canary outcome:", json.dumps(x["value"]) if "value" in x else "none yet")'
+fi
+"""
+
+ROLLOUT_STATUS_WITH_PYTHON = r"""
+import json
+import os
+import urllib.request
+
+import airflow_client.client as airflow_client
+from airflow_client.client.api.dag_run_api import DagRunApi
+from airflow_client.client.api.task_instance_api import TaskInstanceApi
+from airflow_client.client.api.x_com_api import XComApi
+from airflow_client.client.exceptions import NotFoundException
+
+url = os.environ.get("AIRFLOW_URL", "http://127.0.0.1:8080")
+login = {"username": "admin", "password": os.environ["AIRFLOW_PASSWORD"]}
+request = urllib.request.Request(
+    f"{url}/auth/token", json.dumps(login).encode(), {"Content-Type": "application/json"}
+)
+token = json.load(urllib.request.urlopen(request))["access_token"]
+with airflow_client.ApiClient(airflow_client.Configuration(host=url, access_token=token)) as api:
+    runs = DagRunApi(api).get_dag_runs("deploy_model", order_by=["-run_after"], limit=1).dag_runs
+    if not runs:
+        print("no rollout yet: deploy_model has no runs")
+    else:
+        run = runs[0]
+        print(f"deploy_model run {run.dag_run_id}: {run.state.value}")
+        for ti in TaskInstanceApi(api).get_task_instances("deploy_model", run.dag_run_id).task_instances:
+            print(" ", ti.task_id, ti.state.value if ti.state else None)
+        xcoms = XComApi(api)
+        try:
+            entry = xcoms.get_xcom_entry("deploy_model", "canary_rollout", run.dag_run_id, "return_value")
+            print("  canary outcome:", json.dumps(entry.actual_instance.value))
+        except NotFoundException:
+            print("  canary outcome: none yet")
+"""
+
+
 def test_the_recipes_are_the_readme_text():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert RETRAIN_WITH_CURL.strip() in readme
@@ -122,6 +237,11 @@ def test_the_recipes_are_the_readme_text():
     assert FEEDBACK_WITH_PYTHON.strip() in readme
     assert APPROVE_WITH_CURL.strip() in readme
     assert REJECT_WITH_PYTHON.strip() in readme
+    assert RETRAIN_WITH_PYTHON.strip() in readme
+    assert ASSET_EVENT_WITH_CURL.strip() in readme
+    assert ASSET_EVENT_WITH_PYTHON.strip() in readme
+    assert ROLLOUT_STATUS_WITH_CURL.strip() in readme
+    assert ROLLOUT_STATUS_WITH_PYTHON.strip() in readme
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +265,14 @@ def stack(lake_settings):
     Cron and Asset schedules are off, so the only runs are the ones these tests trigger.
     """
     with AirflowStack(lake_settings, job_schedules=False, echo=print) as running:
-        running.wait_for_dags(DAG_ID, "control_rollout", "record_feedback", "review_challenger")
+        running.wait_for_dags(
+            DAG_ID, "control_rollout", "record_feedback", "review_challenger", "deploy_model"
+        )
         running.unpause(DAG_ID)
         running.unpause("control_rollout")
         running.unpause("record_feedback")
         running.unpause("review_challenger")
+        running.unpause("deploy_model")
         yield running
 
 
@@ -203,6 +326,74 @@ def test_a_viewer_can_read_but_cannot_trigger_a_retrain(stack):
                 DAG_ID, TriggerDAGRunPostBody(logical_date=None, conf={"reason": "viewer tries"})
             )
     assert forbidden.value.status == 403
+
+
+def _run_recipe(stack: AirflowStack, recipe: str, *, python: bool = False) -> str:
+    """Run a README recipe as a reader would (bash after the token lines, or Python); its stdout."""
+    command = (
+        [sys.executable, "-c", recipe]
+        if python
+        else ["bash", "-euo", "pipefail", "-c", TOKEN_LINES + "\n" + recipe]
+    )
+    done = subprocess.run(
+        command,
+        env={
+            **os.environ,
+            "AIRFLOW_URL": stack.base_url,
+            "AIRFLOW_PASSWORD": stack.credentials()["admin"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout
+
+
+def test_the_readme_rollout_status_recipes_say_no_rollout_yet_then_read_the_latest_run(stack, lake_settings):
+    """Before any deploy_model run both recipes say so; then they show the latest run, its tasks
+    and the canary's outcome.
+
+    The run is one that fails cheaply: with no champion yet resolve_release refuses to roll out
+    (a run with a champion would start real model servers, which is what the rollout tests do).
+    So this test runs before the retrain tests register one.
+    """
+    from driftloop.registry import Registry
+
+    for recipe, python in ((ROLLOUT_STATUS_WITH_CURL, False), (ROLLOUT_STATUS_WITH_PYTHON, True)):
+        assert _run_recipe(stack, recipe, python=python).strip() == "no rollout yet: deploy_model has no runs"
+
+    assert Registry(lake_settings).alias_version(CHAMPION) is None, "run this test before a champion exists"
+    run_id = stack.trigger("deploy_model", {"reason": "status recipe check"})
+    assert _wait_for_run(stack, run_id, dag_id="deploy_model") == "failed"
+    for recipe, python in ((ROLLOUT_STATUS_WITH_CURL, False), (ROLLOUT_STATUS_WITH_PYTHON, True)):
+        lines = _run_recipe(stack, recipe, python=python).splitlines()
+        assert lines[0] == f"deploy_model run {run_id}: failed"
+        tasks = dict(line.split() for line in lines[1:-1])
+        assert tasks["resolve_release"] == "failed"
+        assert tasks["canary_rollout"] == "upstream_failed"
+        assert lines[-1] == "  canary outcome: none yet"
+
+    # a finished canary's outcome is canary_rollout's return value; write one as it returns it
+    # (a real canary needs model servers) to read it back through both recipes
+    outcome = {
+        "rollout_id": run_id,
+        "version": "2",
+        "stable_version": "1",
+        "outcome": "promoted",
+        "reasons": ["passed all 3 canary steps"],
+        "metrics": {},
+    }
+    stack.request(
+        "POST",
+        f"/api/v2/dags/deploy_model/dagRuns/{run_id}/taskInstances/canary_rollout/xcomEntries",
+        json={"key": "return_value", "value": outcome},
+    )
+    for recipe, python in ((ROLLOUT_STATUS_WITH_CURL, False), (ROLLOUT_STATUS_WITH_PYTHON, True)):
+        last = _run_recipe(stack, recipe, python=python).splitlines()[-1]
+        assert last.startswith("  canary outcome: "), last
+        assert json.loads(last.removeprefix("  canary outcome: ")) == outcome
 
 
 def test_the_readme_curl_recipe_retrains_and_registers_a_champion_tagged_rest(stack, lake_settings):
@@ -464,3 +655,55 @@ def test_a_malformed_decision_is_a_400_and_creates_no_run(stack, conf, bad_param
         assert rejected.value.status == 400
         assert f"param {bad_param}" in json.loads(rejected.value.body)["detail"]
         assert runs.get_dag_runs("review_challenger").total_entries == before
+
+
+def test_the_readme_python_recipe_retrains_with_its_parameters(stack, lake_settings):
+    import mlflow
+
+    run_id = _run_recipe(stack, RETRAIN_WITH_PYTHON, python=True).strip().splitlines()[-1]
+    with _client(stack, "admin") as api:
+        conf = DagRunApi(api).get_dag_run(DAG_ID, run_id).conf
+    assert conf == {
+        "n_trials": 2,
+        "metric": "recall_at_fpr",
+        "timeout_minutes": 5,
+        "reason": "quarterly model review",
+    }
+    state = _wait_for_run(stack, run_id)
+    if state != "success":
+        tails = "\n".join(f"--- {path}\n{tail}" for path, tail in stack.task_log_tails(DAG_ID, run_id))
+        pytest.fail(f"{DAG_ID} run ended {state}: {stack.task_states(DAG_ID, run_id)}\n{tails}")
+
+    registry = mlflow.MlflowClient(lake_settings.tracking_uri)
+    name = lake_settings.registered_model
+    (version,) = registry.search_model_versions(f"name = '{name}' and tags.`{RUN_KEY_TAG}` = '{run_id}'")
+    assert (version.tags["trigger"], version.tags["reason"]) == ("rest", "quarterly model review")
+
+
+def test_the_readme_asset_event_recipes_post_driftloop_features_events_with_their_extra(stack):
+    """Harmless here: the stack's Asset schedules are off, so no train_model run follows the event
+    (the scheduler creates Asset-triggered runs only with job schedules on)."""
+    from airflow_client.client.api.asset_api import AssetApi
+
+    posted = json.loads(_run_recipe(stack, ASSET_EVENT_WITH_CURL))
+    assert posted["asset_id"]
+    assert posted["source_dag_id"] is None  # posted through the API, not by a task
+    assert (
+        posted["extra"].items()
+        >= {"source": "feature-backfill", "reason": "features recomputed after the merchant-id fix"}.items()
+    )
+    second = int(_run_recipe(stack, ASSET_EVENT_WITH_PYTHON, python=True).strip().splitlines()[-1])
+
+    with _client(stack, "viewer") as api:  # a viewer reads the events ...
+        events = (
+            AssetApi(api).get_asset_events(asset_id=posted["asset_id"], order_by=["-timestamp"]).asset_events
+        )
+    extras = {event.id: event.extra for event in events}
+    assert extras[posted["id"]].items() >= {"reason": "features recomputed after the merchant-id fix"}.items()
+    assert extras[second].items() >= {"source": "feature-backfill", "reason": "second backfill pass"}.items()
+
+    with pytest.raises(ApiError) as forbidden:  # ... but cannot post one
+        stack.request(
+            "POST", "/api/v2/assets/events", user="viewer", json={"asset_id": posted["asset_id"], "extra": {}}
+        )
+    assert forbidden.value.status == 403
