@@ -389,21 +389,37 @@ class ClosedLoop:
         self.say(f"traffic: now {len(rows):,} drifted events (their features just built)")
         return len(rows)
 
-    def _asset_events(self, name: str) -> list[dict]:
+    def _asset_events(self, name: str) -> list[dict] | None:
+        """The Asset's events, oldest first; None while the API cannot list them (poll again)."""
+        from driftloop.stack import ApiError
+
         assets = self.stack.request("GET", "/api/v2/assets", params={"name_pattern": name})["assets"]
         asset = next((a for a in assets if a["name"] == name), None)
         if asset is None:
             return []
-        body = self.stack.request(
-            "GET", "/api/v2/assets/events", params={"asset_id": asset["id"], "order_by": "timestamp"}
-        )
+        try:
+            body = self.stack.request(
+                "GET", "/api/v2/assets/events", params={"asset_id": asset["id"], "order_by": "timestamp"}
+            )
+        except ApiError as exc:
+            # Airflow 3.3.2 answers 500 while an event's triggered run is queued and has no
+            # start_date yet (its response model requires one): transient, so poll again
+            if exc.status == 500:
+                return None
+            raise
         return body["asset_events"]
 
+    def _listed(self, name: str) -> list[dict] | None:
+        """The Asset's events as a truthy value for :meth:`wait` (a list, possibly empty, in a list)."""
+        events = self._asset_events(name)
+        return None if events is None else [events]
+
     def _drift_detected(self, champion: str) -> None:
-        before = len(self._asset_events("driftloop.drift"))
+        (listed,) = self.wait("the drift Asset's events", lambda: self._listed("driftloop.drift"), 120)
+        before = len(listed)
         events = self.wait(
             "watch_drift to emit a driftloop.drift Asset event",
-            lambda: self._asset_events("driftloop.drift")[before:],
+            lambda: (self._asset_events("driftloop.drift") or [])[before:],
             300,
         )
         self.report.mark("drift_event")
