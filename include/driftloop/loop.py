@@ -224,9 +224,12 @@ def decisions(settings: Settings) -> list[dict[str, Any]]:
     return sorted(table.to_pylist(), key=lambda row: row["decided_at"])
 
 
-def last_decided_window(settings: Settings, model_version: str) -> datetime | None:
+def last_decided_window(
+    settings: Settings, model_version: str, history: list[dict[str, Any]] | None = None
+) -> datetime | None:
     """End of the latest window of ``model_version`` decided on (breaches up to it are handled)."""
-    ends = [r["window_end"] for r in decisions(settings) if r["model_version"] == str(model_version)]
+    history = decisions(settings) if history is None else history
+    ends = [r["window_end"] for r in history if r["model_version"] == str(model_version)]
     return max(ends, default=None)
 
 
@@ -300,7 +303,8 @@ def pending_breach(settings: Settings, now: datetime) -> tuple[Breach | None, De
     if champion is None:
         return None, None
     version = str(champion.version)
-    breach = find_breach(settings, version, last_decided_window(settings, version))
+    history = decisions(settings)  # read once per poll, for both questions
+    breach = find_breach(settings, version, last_decided_window(settings, version, history))
     if breach is None:
         return None, None
-    return breach, guard(settings, now)
+    return breach, guard(settings, now, history)
