@@ -121,7 +121,24 @@ class ServingSettings(BaseModel):
         "ghcr.io/driftloop/serving:0.1.0", description="Serving image (pinned tag) in the kubernetes profile."
     )
     namespace: str = Field("driftloop-serving", description="Namespace of the serving Deployments.")
-    gateway: str = Field("driftloop-gateway", description="Gateway API Gateway the HTTPRoute attaches to.")
+    gateway: str = Field(
+        "driftloop",
+        description="Gateway API Gateway the HTTPRoute attaches to (terraform serving-gateway gateway_name).",
+    )
+    gateway_namespace: str | None = Field(
+        None,
+        description="Namespace of that Gateway; None: the serving namespace (where Terraform creates it).",
+    )
+    service_account: str = Field(
+        "bento",
+        description="Service account of the serving pods (terraform k8s-namespaces creates it; its "
+        "annotations give the pods a workload identity such as IRSA).",
+    )
+    s3_keys_from_secret: bool = Field(
+        True,
+        description="Serving pods read AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the driftloop-serving "
+        "Secret; false: from the service account's workload identity (IRSA) instead.",
+    )
     hostname: str = Field("models.driftloop.internal", description="Host name the HTTPRoute answers.")
     prometheus_url: str | None = Field(
         None,

@@ -307,9 +307,38 @@ def test_secrets_only_by_reference(settings: Settings) -> None:
     literal = [e["name"] for e in container["env"] if "value" in e]
     assert not [n for n in literal if any(w in n for w in ("TOKEN", "SECRET", "PASSWORD", "KEY"))]
     # with workload identity (IRSA) the S3 keys are not wired at all
-    shape = WorkloadShape(s3_keys_from_secret=False)
-    (container,) = render_deployment(settings, "stable", "7", shape)["spec"]["template"]["spec"]["containers"]
+    irsa = _settings(s3_keys_from_secret=False)
+    (container,) = render_deployment(irsa, "stable", "7")["spec"]["template"]["spec"]["containers"]
     assert {e["name"] for e in container["env"] if "valueFrom" in e} == {"DRIFTLOOP_SERVING__AUTH_TOKEN"}
+
+
+def test_workload_identity_as_terraform_passes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environments set these when the serving service account carries an IRSA annotation."""
+    monkeypatch.setenv("DRIFTLOOP_SERVING__SERVICE_ACCOUNT", "bento-irsa")
+    monkeypatch.setenv("DRIFTLOOP_SERVING__S3_KEYS_FROM_SECRET", "false")
+    serving = Settings().serving
+    assert serving.service_account == "bento-irsa"
+    assert serving.s3_keys_from_secret is False
+    settings = _settings(service_account="bento-irsa", s3_keys_from_secret=False)
+    pod = render_deployment(settings, "canary", "8")
+    spec = pod["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "bento-irsa"
+    env = {e["name"] for e in spec["containers"][0]["env"]}
+    assert "AWS_ACCESS_KEY_ID" not in env
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+    assert "DRIFTLOOP_SERVING__AUTH_TOKEN" in env
+
+
+def test_route_names_the_gateway_namespace_only_when_it_is_elsewhere() -> None:
+    # Terraform's Gateway: same namespace as the route, so the parentRef is the one it renders
+    same = render_route(_settings(gateway_namespace="driftloop-serving"), {"stable": 100})
+    assert same["spec"]["parentRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "driftloop"}
+    ]
+    shared = render_route(_settings(gateway="edge", gateway_namespace="gateway-system"), {"stable": 100})
+    jsonschema.validate(shared, HTTPROUTE_V1_SCHEMA)
+    (ref,) = shared["spec"]["parentRefs"]
+    assert (ref["name"], ref["namespace"]) == ("edge", "gateway-system")
 
 
 @pytest.mark.parametrize(

@@ -61,8 +61,6 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_VERSION = "v1"
 HTTPROUTES = "httproutes"
 SERVING_PORT = 3000  # the BentoML service's port (serving/service.py)
-# The Service account terraform/modules/k8s-namespaces creates for serving pods (no API token).
-SERVICE_ACCOUNT = "bento"
 BENTOML_HOME = "/home/bentoml/home"
 # Terraform's default Gateway listener terminates TLS; clients reach the route over HTTPS.
 ROUTE_SCHEME = "https"
@@ -95,9 +93,8 @@ class WorkloadShape:
     target_cpu_percent: int = 70
     """Average CPU utilisation (of the request) the HPA aims for."""
     secret_name: str = "driftloop-serving"
-    """Secret holding ``auth-token`` and the S3 keys; created outside driftloop, never rendered."""
-    s3_keys_from_secret: bool = True
-    """Read AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the Secret; False with workload identity."""
+    """Secret holding ``auth-token`` and the S3 keys (unless DRIFTLOOP_SERVING__S3_KEYS_FROM_SECRET
+    is false); created outside driftloop, never rendered."""
     run_as_user: int = 10001
     """Non-root UID (and GID) of the container; above 10000 so it maps to no host account."""
     progress_deadline_s: int = 300
@@ -208,7 +205,8 @@ def container_env(
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
     # Exposed through the Gateway: the bearer token is mandatory here, whatever the local default.
     env.append(_secret_env("DRIFTLOOP_SERVING__AUTH_TOKEN", shape.secret_name, "auth-token"))
-    if shape.s3_keys_from_secret:
+    # false: the pods' service account has a workload identity (IRSA) and the AWS SDK finds it
+    if serving.s3_keys_from_secret:
         env.append(_secret_env("AWS_ACCESS_KEY_ID", shape.secret_name, "aws-access-key-id"))
         env.append(_secret_env("AWS_SECRET_ACCESS_KEY", shape.secret_name, "aws-secret-access-key"))
     return env
@@ -253,7 +251,9 @@ def render_deployment(
     pod_labels = _labels(variant, model_version)
     period = 5
     pod = {
-        "serviceAccountName": SERVICE_ACCOUNT,
+        # terraform/modules/k8s-namespaces creates it, with the workload-identity annotations. No
+        # API token: IRSA's webhook projects its own web-identity token, independent of this flag.
+        "serviceAccountName": settings.serving.service_account,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {
@@ -432,6 +432,19 @@ def backend_refs(weights: Mapping[str, int]) -> list[dict[str, Any]]:
     return refs
 
 
+def gateway_ref(settings: Settings) -> dict[str, str]:
+    """The route's parentRef: the Gateway by name, and by namespace only when it lives elsewhere.
+
+    Left out in the serving namespace, so the route equals the one Terraform creates there
+    (whose listener admits routes from its own namespace only).
+    """
+    serving = settings.serving
+    ref = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": serving.gateway}
+    if serving.gateway_namespace and serving.gateway_namespace != serving.namespace:
+        ref["namespace"] = serving.gateway_namespace
+    return ref
+
+
 def render_route(settings: Settings, weights: Mapping[str, int]) -> dict[str, Any]:
     """The HTTPRoute on the Gateway that splits traffic between the variants' Services."""
     return {
@@ -447,7 +460,7 @@ def render_route(settings: Settings, weights: Mapping[str, int]) -> dict[str, An
             },
         ),
         "spec": {
-            "parentRefs": [{"group": GATEWAY_GROUP, "kind": "Gateway", "name": settings.serving.gateway}],
+            "parentRefs": [gateway_ref(settings)],
             "hostnames": [settings.serving.hostname],
             "rules": [
                 {
