@@ -134,10 +134,10 @@ class ServingSettings(BaseModel):
         description="Service account of the serving pods (terraform k8s-namespaces creates it; its "
         "annotations give the pods a workload identity such as IRSA).",
     )
-    s3_keys_from_secret: bool = Field(
-        True,
-        description="Serving pods read AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the driftloop-serving "
-        "Secret; false: from the service account's workload identity (IRSA) instead.",
+    workload_identity: bool = Field(
+        False,
+        description="Serving pods reach S3 through their service account's workload identity (IRSA); "
+        "false: with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the driftloop-serving Secret.",
     )
     hostname: str = Field("models.driftloop.internal", description="Host name the HTTPRoute answers.")
     prometheus_url: str | None = Field(

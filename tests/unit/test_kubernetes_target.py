@@ -307,7 +307,7 @@ def test_secrets_only_by_reference(settings: Settings) -> None:
     literal = [e["name"] for e in container["env"] if "value" in e]
     assert not [n for n in literal if any(w in n for w in ("TOKEN", "SECRET", "PASSWORD", "KEY"))]
     # with workload identity (IRSA) the S3 keys are not wired at all
-    irsa = _settings(s3_keys_from_secret=False)
+    irsa = _settings(workload_identity=True)
     (container,) = render_deployment(irsa, "stable", "7")["spec"]["template"]["spec"]["containers"]
     assert {e["name"] for e in container["env"] if "valueFrom" in e} == {"DRIFTLOOP_SERVING__AUTH_TOKEN"}
 
@@ -315,11 +315,11 @@ def test_secrets_only_by_reference(settings: Settings) -> None:
 def test_workload_identity_as_terraform_passes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """The environments set these when the serving service account carries an IRSA annotation."""
     monkeypatch.setenv("DRIFTLOOP_SERVING__SERVICE_ACCOUNT", "bento-irsa")
-    monkeypatch.setenv("DRIFTLOOP_SERVING__S3_KEYS_FROM_SECRET", "false")
+    monkeypatch.setenv("DRIFTLOOP_SERVING__WORKLOAD_IDENTITY", "true")
     serving = Settings().serving
     assert serving.service_account == "bento-irsa"
-    assert serving.s3_keys_from_secret is False
-    settings = _settings(service_account="bento-irsa", s3_keys_from_secret=False)
+    assert serving.workload_identity is True
+    settings = _settings(service_account="bento-irsa", workload_identity=True)
     pod = render_deployment(settings, "canary", "8")
     spec = pod["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == "bento-irsa"

@@ -93,8 +93,8 @@ class WorkloadShape:
     target_cpu_percent: int = 70
     """Average CPU utilisation (of the request) the HPA aims for."""
     secret_name: str = "driftloop-serving"
-    """Secret holding ``auth-token`` and the S3 keys (unless DRIFTLOOP_SERVING__S3_KEYS_FROM_SECRET
-    is false); created outside driftloop, never rendered."""
+    """Secret holding ``auth-token`` and the S3 keys (unless DRIFTLOOP_SERVING__WORKLOAD_IDENTITY
+    is true); created outside driftloop, never rendered."""
     run_as_user: int = 10001
     """Non-root UID (and GID) of the container; above 10000 so it maps to no host account."""
     progress_deadline_s: int = 300
@@ -205,8 +205,8 @@ def container_env(
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
     # Exposed through the Gateway: the bearer token is mandatory here, whatever the local default.
     env.append(_secret_env("DRIFTLOOP_SERVING__AUTH_TOKEN", shape.secret_name, "auth-token"))
-    # false: the pods' service account has a workload identity (IRSA) and the AWS SDK finds it
-    if serving.s3_keys_from_secret:
+    # with a workload identity (IRSA) the AWS SDK finds the service account's role by itself
+    if not serving.workload_identity:
         env.append(_secret_env("AWS_ACCESS_KEY_ID", shape.secret_name, "aws-access-key-id"))
         env.append(_secret_env("AWS_SECRET_ACCESS_KEY", shape.secret_name, "aws-secret-access-key"))
     return env
