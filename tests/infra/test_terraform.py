@@ -331,7 +331,7 @@ def test_no_literal_secret_in_module_calls_or_examples(inventory: dict[str, Any]
 def test_example_images_are_pinned(inventory: dict[str, Any]) -> None:
     for env in ENVIRONMENTS:
         example = _environment(inventory, env)["tfvars_examples"]["terraform.tfvars.example"]
-        for key in ("airflow_image", "mlflow_image"):
+        for key in ("airflow_image", "mlflow_image", "serving_image", "spark_job_image"):
             tag = example[key]["tag"]
             assert tag, f"{env}: {key} has no tag"
             assert tag.split("@")[0].lower() != "latest", f"{env}: {key} tag {tag!r} is not pinned"
@@ -369,6 +369,22 @@ VALIDATION_CASES = [
     ("mlflow", {"image_tag": "latest"}, 'other than "latest"'),
     ("mlflow", {"allowed_hosts": ["*"]}, "must not contain"),
     ("mlflow", {"extra_env": {"DB_PASSWORD": "x"}}, "must not carry secrets"),
+    ("airflow", {"extra_env": {"DRIFTLOOP_REGISTRY_LOCK_DSN_PASSWORD": "x"}}, "must not carry secrets"),
+    # names a Secret, holds none: the environments pass it
+    ("airflow", {"extra_env": {"DRIFTLOOP_SPARK_JOB__S3_CREDENTIALS_SECRET": ""}}, None),
+    (
+        "airflow",
+        {"env_value_from": {"NOT-A-NAME": {"secret_name": "s", "key": "k"}}},
+        "environment variable names",
+    ),
+    (
+        "airflow",
+        {"env_value_from": {"X": {"secret_name": "Bad_Name", "key": "k"}}},
+        "valid Secret name and key",
+    ),
+    ("k8s-namespaces", {"prometheus": {"namespace": "monitoring"}}, None),
+    ("k8s-namespaces", {"prometheus": {"namespace": "monitoring", "port": 0}}, "valid TCP port"),
+    ("k8s-namespaces", {"prometheus": {"namespace": "Monitoring"}}, "DNS-1123 label"),
     ("object-store", {"name_prefix": "Bad_Name"}, "lowercase"),
     ("k8s-namespaces", {"kube_api_cidrs": ["not-a-cidr"]}, "valid CIDRs"),
 ]
@@ -440,11 +456,14 @@ def _run(binary: str, args: list[str], cwd: Path, env: dict[str, str]) -> subpro
     )
 
 
-def _scratch_root(tmp_path: Path, module: str, inputs: dict[str, Any]) -> tuple[Path, dict[str, str]]:
-    """A provider-free root module holding a module's variables.tf and the given inputs."""
+def _scratch_root(
+    tmp_path: Path, module: str, inputs: dict[str, Any], directory: Path | None = None
+) -> tuple[Path, dict[str, str]]:
+    """A provider-free root module holding a module's (or ``directory``'s) variables.tf and inputs."""
     work = tmp_path / "root"
     work.mkdir()
-    shutil.copy(TF_ROOT / "modules" / module / "variables.tf", work / "variables.tf")
+    source = directory or TF_ROOT / "modules" / module
+    shutil.copy(source / "variables.tf", work / "variables.tf")
     (work / "inputs.auto.tfvars.json").write_text(json.dumps(inputs))
     return work, _terraform_env(tmp_path)
 
@@ -479,11 +498,19 @@ def _evaluate_locals(
     and reading one output per local shows what the module would hand to its resources:
     the Helm values, the server arguments, the Gateway listener.
     """
-    info = _module(inventory, module)
-    work, env = _scratch_root(tmp_path, module, VALID_INPUTS[module] | (overrides or {}))
+    if module.startswith("environments/"):
+        # an environment's own locals, fed its terraform.tfvars.example
+        directory = TF_ROOT / module
+        info = inventory[module]
+        inputs = info["tfvars_examples"]["terraform.tfvars.example"] | (overrides or {})
+    else:
+        directory = TF_ROOT / "modules" / module
+        info = _module(inventory, module)
+        inputs = VALID_INPUTS[module] | (overrides or {})
+    work, env = _scratch_root(tmp_path, module, inputs, directory)
     blocks = []
     for block in info["locals_blocks"]:
-        lines = (TF_ROOT / "modules" / module / block["file"]).read_text().splitlines()
+        lines = (directory / block["file"]).read_text().splitlines()
         blocks.append("\n".join(lines[block["start_line"] - 1 : block["end_line"]]))
     (work / "locals.tf").write_text("\n\n".join(blocks) + "\n")
     (work / "outputs.tf").write_text(
@@ -509,7 +536,17 @@ def test_airflow_helm_values(terraform_binary: str, tmp_path: Path, inventory: d
         tmp_path,
         inventory,
         "airflow",
-        {"service_account_annotations": irsa, "extra_env": {"DRIFTLOOP_PROFILE": "kubernetes"}},
+        {
+            "service_account_annotations": irsa,
+            "extra_env": {"DRIFTLOOP_PROFILE": "kubernetes"},
+            "env_value_from": {
+                "DRIFTLOOP_REGISTRY_LOCK_DSN": {
+                    "secret_name": "driftloop-airflow",
+                    "key": "registry-lock-dsn",
+                },
+                "DRIFTLOOP_OPTUNA_STORAGE": {"secret_name": "driftloop-airflow", "key": "optuna-storage"},
+            },
+        },
     )["values"]
     assert values["executor"] == "KubernetesExecutor"
     assert values["images"]["airflow"] == {
@@ -531,6 +568,19 @@ def test_airflow_helm_values(terraform_binary: str, tmp_path: Path, inventory: d
     for component in ("scheduler", "apiServer", "dagProcessor", "triggerer", "workers"):
         assert values[component]["serviceAccount"]["annotations"] == irsa, component
     assert values["env"] == [{"name": "DRIFTLOOP_PROFILE", "value": "kubernetes"}]
+    # the chart's `secret` list: a secretKeyRef in every container and the task pods' template
+    assert values["secret"] == [
+        {
+            "envName": "DRIFTLOOP_OPTUNA_STORAGE",
+            "secretName": "driftloop-airflow",
+            "secretKey": "optuna-storage",
+        },
+        {
+            "envName": "DRIFTLOOP_REGISTRY_LOCK_DSN",
+            "secretName": "driftloop-airflow",
+            "secretKey": "registry-lock-dsn",
+        },
+    ]
     assert values["config"]["logging"] == {}
     assert values["securityContexts"]["containers"]["allowPrivilegeEscalation"] is False
     rendered = json.dumps(values).lower()
@@ -616,12 +666,65 @@ def test_network_flows(terraform_binary: str, tmp_path: Path, inventory: dict[st
         {"gateway_dataplane_namespaces": ["envoy-gateway-system"]},
     )
     ingress = evaluated["namespace_ingress"]
-    assert ingress["mlflow"] == [{"namespaces": ["airflow", "spark-jobs", "serving"], "port": 5000}]
-    assert ingress["serving"] == [{"namespaces": ["airflow", "envoy-gateway-system"], "port": 3000}]
+    assert ingress["mlflow"] == [
+        {"namespaces": ["airflow", "spark-jobs", "serving"], "pod_labels": {}, "port": 5000}
+    ]
+    assert ingress["serving"] == [
+        {"namespaces": ["airflow", "envoy-gateway-system"], "pod_labels": {}, "port": 3000}
+    ]
     assert ingress["spark_jobs"] == []
+    # no Prometheus given: no flow to or from one
+    assert evaluated["prometheus_api"] == evaluated["prometheus_scrape"] == []
+    assert [r["port"] for r in evaluated["namespace_egress"]["airflow"]] == [5000, 3000]
     postgres = [r for rules in evaluated["cidr_egress"].values() for r in rules if r["name"] == "postgres"]
     assert {tuple(r["cidrs"]) for r in postgres} == {("10.0.1.0/24",)}
     assert "postgres" not in {r["name"] for r in evaluated["cidr_egress"]["serving"]}
+
+
+PROMETHEUS = {"namespace": "monitoring", "pod_labels": {"app.kubernetes.io/name": "prometheus"}}
+
+
+def test_prometheus_flows(terraform_binary: str, tmp_path: Path, inventory: dict[str, Any]) -> None:
+    """Airflow's pods reach Prometheus's API (canary analysis); Prometheus scrapes the serving pods."""
+    evaluated = _evaluate_locals(
+        terraform_binary, tmp_path, inventory, "k8s-namespaces", {"prometheus": PROMETHEUS}
+    )
+    prometheus = {"namespaces": ["monitoring"], "pod_labels": {"app.kubernetes.io/name": "prometheus"}}
+    assert prometheus | {"port": 9090} in evaluated["namespace_egress"]["airflow"]
+    # the serving pods' metrics are on their serving port (BentoML's /metrics)
+    assert prometheus | {"port": 3000} in evaluated["namespace_ingress"]["serving"]
+    # nothing else gains a Prometheus flow
+    for direction in ("namespace_egress", "namespace_ingress"):
+        for role, rules in evaluated[direction].items():
+            if (direction, role) not in {("namespace_egress", "airflow"), ("namespace_ingress", "serving")}:
+                assert all("monitoring" not in r["namespaces"] for r in rules), (direction, role)
+
+
+def _hcl(path: Path) -> dict[str, Any]:
+    """One .tf file as the HCL parser of the tools venv reads it: blocks are lists of bodies,
+    every attribute value is wrapped in a one-element list."""
+    script = "import hcl2, json, sys; print(json.dumps(hcl2.load(open(sys.argv[1]))))"
+    result = subprocess.run(
+        [_tool("python"), "-c", script, path], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_default_deny_stays_in_every_namespace() -> None:
+    """The extra flows are allow rules on top of a deny-all policy for every namespace."""
+    resources = _hcl(TF_ROOT / "modules" / "k8s-namespaces" / "main.tf")["resource"]
+    policies = {
+        name: body for r in resources for name, body in r.get("kubernetes_network_policy_v1", {}).items()
+    }
+    deny = policies["default_deny"]
+    assert deny["for_each"] == ["${kubernetes_namespace_v1.this}"]
+    (spec,) = deny["spec"]
+    assert spec["pod_selector"] == [{}]  # every pod
+    assert sorted(spec["policy_types"][0]) == ["Egress", "Ingress"]
+    # and no rule: nothing allowed
+    assert "ingress" not in spec
+    assert "egress" not in spec
 
 
 def test_object_store_bucket_names(terraform_binary: str, tmp_path: Path, inventory: dict[str, Any]) -> None:
@@ -705,3 +808,166 @@ def test_driftloop_variables_passed_to_airflow_are_real_settings(environment: st
         if nested:
             model = Settings.model_fields[field].annotation
             assert nested in model.model_fields, f"{environment}: {name} is not a driftloop setting"
+
+
+# -------------------------------------------- what the environments tell Airflow ----
+
+# The deploy target and the feature-job runner read these; each must name what Terraform
+# created, or pods start with defaults that match nothing in the cluster.
+AIRFLOW_DEPLOYMENT_ENV = {
+    "DRIFTLOOP_SERVING__NAMESPACE": '${module.k8s_namespaces.namespaces["serving"]}',
+    "DRIFTLOOP_SERVING__GATEWAY": "${module.serving_gateway.gateway_name}",
+    "DRIFTLOOP_SERVING__GATEWAY_NAMESPACE": "${module.serving_gateway.namespace}",
+    "DRIFTLOOP_SERVING__HOSTNAME": "${var.serving_hostname}",
+    "DRIFTLOOP_SERVING__IMAGE": "${var.serving_image.repository}:${var.serving_image.tag}",
+    "DRIFTLOOP_SERVING__PROMETHEUS_URL": "${var.prometheus.url}",
+    "DRIFTLOOP_SERVING__SERVICE_ACCOUNT": "${module.k8s_namespaces.serving_service_account_name}",
+    "DRIFTLOOP_SERVING__WORKLOAD_IDENTITY": "${tostring(local.serving_workload_identity)}",
+    "DRIFTLOOP_SPARK_JOB__IMAGE": "${var.spark_job_image.repository}:${var.spark_job_image.tag}",
+    "DRIFTLOOP_SPARK_JOB__NAMESPACE": '${module.k8s_namespaces.namespaces["spark_jobs"]}',
+    "DRIFTLOOP_SPARK_JOB__SERVICE_ACCOUNT": "${module.k8s_namespaces.spark_driver_service_account_name}",
+}
+# Settings that carry a password: from the Secret driftloop_secret_names names, never values.
+AIRFLOW_SECRET_ENV = {
+    "DRIFTLOOP_REGISTRY_LOCK_DSN": "registry_lock_dsn_key",
+    "DRIFTLOOP_OPTUNA_STORAGE": "optuna_storage_key",
+}
+
+
+def test_terraform_names_agree_with_the_deploy_target_defaults(inventory: dict[str, Any]) -> None:
+    """One Gateway name, one route, one service account: Terraform's and the settings' defaults."""
+    from driftloop.config import ServingSettings
+    from driftloop.deploy.kubernetes import ROUTE_NAME, SERVING_PORT, object_name
+
+    gateway = _module(inventory, "serving-gateway")["variables"]
+    serving = ServingSettings()
+    assert gateway["gateway_name"]["default"] == serving.gateway
+    assert gateway["route_name"]["default"] == ROUTE_NAME
+    assert gateway["stable_service_name"]["default"] == object_name("stable")
+    assert gateway["canary_service_name"]["default"] == object_name("canary")
+    assert gateway["service_port"]["default"] == SERVING_PORT
+    resources = _hcl(TF_ROOT / "modules" / "k8s-namespaces" / "main.tf")["resource"]
+    accounts = {n: b for r in resources for n, b in r.get("kubernetes_service_account_v1", {}).items()}
+    assert accounts["serving"]["metadata"][0]["name"] == [serving.service_account]
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_environment_tells_airflow_what_it_created(inventory: dict[str, Any], environment: str) -> None:
+    calls = _environment(inventory, environment)["module_calls"]
+    airflow = calls["airflow"]["inputs"]
+    extra_env = airflow["extra_env"]
+    assert {k: extra_env.get(k) for k in AIRFLOW_DEPLOYMENT_ENV} == AIRFLOW_DEPLOYMENT_ENV
+    # the route the deploy target applies lands where the Gateway is and answers its host name
+    gateway = calls["serving_gateway"]["inputs"]
+    assert gateway["namespace"] == extra_env["DRIFTLOOP_SERVING__NAMESPACE"]
+    assert gateway["hostnames"] == [extra_env["DRIFTLOOP_SERVING__HOSTNAME"]]
+    # the Secret-backed settings come by reference only
+    assert not set(AIRFLOW_SECRET_ENV) & set(extra_env)
+    assert airflow["env_value_from"] == {
+        name: {
+            "secret_name": "${var.driftloop_secret_names.secret_name}",
+            "key": f"${{var.driftloop_secret_names.{key}}}",
+        }
+        for name, key in AIRFLOW_SECRET_ENV.items()
+    }
+    # the serving service account's workload identity is the one the flag reports
+    namespaces = calls["k8s_namespaces"]["inputs"]
+    assert (
+        namespaces["service_account_annotations"]["serving"] == "${local.serving_service_account_annotations}"
+    )
+    assert namespaces["prometheus"] == {
+        "namespace": "${var.prometheus.namespace}",
+        "pod_labels": "${var.prometheus.pod_labels}",
+        "port": "${var.prometheus.port}",
+    }
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_environment_env_passes_the_modules_own_checks(
+    terraform_binary: str, tmp_path: Path, inventory: dict[str, Any], environment: str
+) -> None:
+    """The names an environment hands the airflow module must get through its validations."""
+    airflow = _environment(inventory, environment)["module_calls"]["airflow"]["inputs"]
+    inputs = VALID_INPUTS["airflow"] | {
+        "extra_env": {name: "x" for name in airflow["extra_env"]},
+        "env_value_from": {
+            name: {"secret_name": "driftloop-airflow", "key": "k"} for name in airflow["env_value_from"]
+        },
+    }
+    work, env = _scratch_root(tmp_path, "airflow", inputs)
+    assert _run(terraform_binary, ["init", "-input=false", "-backend=false"], work, env).returncode == 0
+    plan = _run(terraform_binary, ["plan", "-input=false", "-lock=false", "-refresh=false"], work, env)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+
+
+ENVIRONMENT_VALIDATION_CASES = [
+    ({}, None),  # terraform.tfvars.example itself
+    ({"serving_image": {"repository": "r.example.com/driftloop-serving", "tag": "latest"}}, "pinned tag"),
+    (
+        {"spark_job_image": {"repository": "r.example.com/driftloop-spark-job:1", "tag": "0.1.0"}},
+        "pinned tag",
+    ),
+    ({"prometheus": {"url": "prometheus.monitoring:9090", "namespace": "monitoring"}}, "http:// or https://"),
+]
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+@pytest.mark.parametrize(("overrides", "expected_error"), ENVIRONMENT_VALIDATION_CASES)
+def test_environment_variable_validation(
+    terraform_binary: str,
+    tmp_path: Path,
+    inventory: dict[str, Any],
+    environment: str,
+    overrides: dict[str, Any],
+    expected_error: str | None,
+) -> None:
+    example = _environment(inventory, environment)["tfvars_examples"]["terraform.tfvars.example"]
+    work, env = _scratch_root(tmp_path, "", example | overrides, TF_ROOT / "environments" / environment)
+    assert _run(terraform_binary, ["init", "-input=false", "-backend=false"], work, env).returncode == 0
+    plan = _run(terraform_binary, ["plan", "-input=false", "-lock=false", "-refresh=false"], work, env)
+    output = re.sub(r"\s+", " ", plan.stdout + plan.stderr)
+    if expected_error is None:
+        assert plan.returncode == 0, output
+    else:
+        assert plan.returncode != 0, f"{environment}: {overrides} was accepted"
+        assert expected_error in output, output
+
+
+IRSA = "eks.amazonaws.com/role-arn"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "annotations", "workload_identity"),
+    [
+        ({}, {IRSA: "arn:aws:iam::123456789012:role/driftloop-{env}-serving"}, True),
+        # no serving role: the static-credentials path (S3 keys from the driftloop-serving Secret)
+        ({"iam_role_arns": {"serving": None}}, {}, False),
+        (
+            {
+                "iam_role_arns": {"serving": None},
+                "serving_service_account_annotations": {IRSA: "arn:aws:iam::123456789012:role/other"},
+            },
+            {IRSA: "arn:aws:iam::123456789012:role/other"},
+            True,
+        ),
+    ],
+)
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_serving_workload_identity_follows_its_service_account(
+    terraform_binary: str,
+    tmp_path: Path,
+    inventory: dict[str, Any],
+    environment: str,
+    overrides: dict[str, Any],
+    annotations: dict[str, str],
+    workload_identity: bool,
+) -> None:
+    example = _environment(inventory, environment)["tfvars_examples"]["terraform.tfvars.example"]
+    if "iam_role_arns" in overrides:
+        overrides = overrides | {"iam_role_arns": example["iam_role_arns"] | overrides["iam_role_arns"]}
+    evaluated = _evaluate_locals(
+        terraform_binary, tmp_path, inventory, f"environments/{environment}", overrides
+    )
+    expected = {k: v.format(env=environment) for k, v in annotations.items()}
+    assert evaluated["serving_service_account_annotations"] == expected
+    assert evaluated["serving_workload_identity"] is workload_identity

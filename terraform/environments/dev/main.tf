@@ -10,6 +10,14 @@ locals {
   })
 
   irsa = "eks.amazonaws.com/role-arn"
+
+  # Serving pods use a workload identity when their service account gets one;
+  # otherwise the S3 keys in the driftloop-serving Secret.
+  serving_service_account_annotations = merge(
+    var.iam_role_arns.serving == null ? {} : { (local.irsa) = var.iam_role_arns.serving },
+    var.serving_service_account_annotations,
+  )
+  serving_workload_identity = length(local.serving_service_account_annotations) > 0
 }
 
 module "object_store" {
@@ -38,7 +46,7 @@ module "k8s_namespaces" {
   service_account_annotations = {
     mlflow       = { (local.irsa) = var.iam_role_arns.mlflow }
     spark_driver = { (local.irsa) = var.iam_role_arns.spark_driver }
-    serving      = { (local.irsa) = var.iam_role_arns.serving }
+    serving      = local.serving_service_account_annotations
   }
 
   resource_quotas = {
@@ -53,7 +61,12 @@ module "k8s_namespaces" {
   https_egress_cidrs            = var.https_egress_cidrs
   gateway_dataplane_namespaces  = var.gateway_dataplane_namespaces
   airflow_ui_ingress_namespaces = var.airflow_ui_ingress_namespaces
-  labels                        = { "driftloop/environment" = local.environment }
+  prometheus = {
+    namespace  = var.prometheus.namespace
+    pod_labels = var.prometheus.pod_labels
+    port       = var.prometheus.port
+  }
+  labels = { "driftloop/environment" = local.environment }
 }
 
 module "mlflow" {
@@ -94,9 +107,32 @@ module "airflow" {
     AWS_DEFAULT_REGION                   = var.aws_region
     DRIFTLOOP_SPARK_JOB__NAMESPACE       = module.k8s_namespaces.namespaces["spark_jobs"]
     DRIFTLOOP_SPARK_JOB__SERVICE_ACCOUNT = module.k8s_namespaces.spark_driver_service_account_name
-    DRIFTLOOP_SERVING__NAMESPACE         = module.k8s_namespaces.namespaces["serving"]
+    DRIFTLOOP_SPARK_JOB__IMAGE           = "${var.spark_job_image.repository}:${var.spark_job_image.tag}"
     # the spark-driver service account reaches S3 through IRSA: no key Secret for Spark
     DRIFTLOOP_SPARK_JOB__S3_CREDENTIALS_SECRET = ""
+
+    DRIFTLOOP_SERVING__NAMESPACE         = module.k8s_namespaces.namespaces["serving"]
+    DRIFTLOOP_SERVING__IMAGE             = "${var.serving_image.repository}:${var.serving_image.tag}"
+    DRIFTLOOP_SERVING__SERVICE_ACCOUNT   = module.k8s_namespaces.serving_service_account_name
+    DRIFTLOOP_SERVING__WORKLOAD_IDENTITY = tostring(local.serving_workload_identity)
+    # the route the deploy target applies must attach where Terraform's Gateway is
+    DRIFTLOOP_SERVING__GATEWAY           = module.serving_gateway.gateway_name
+    DRIFTLOOP_SERVING__GATEWAY_NAMESPACE = module.serving_gateway.namespace
+    DRIFTLOOP_SERVING__HOSTNAME          = var.serving_hostname
+    DRIFTLOOP_SERVING__PROMETHEUS_URL    = var.prometheus.url
+  }
+
+  # Settings that hold a password: by reference to a pre-created Secret, never
+  # as values in Terraform's state.
+  env_value_from = {
+    DRIFTLOOP_REGISTRY_LOCK_DSN = {
+      secret_name = var.driftloop_secret_names.secret_name
+      key         = var.driftloop_secret_names.registry_lock_dsn_key
+    }
+    DRIFTLOOP_OPTUNA_STORAGE = {
+      secret_name = var.driftloop_secret_names.secret_name
+      key         = var.driftloop_secret_names.optuna_storage_key
+    }
   }
 }
 

@@ -100,13 +100,67 @@ variable "iam_role_arns" {
     airflow      = string
     mlflow       = string
     spark_driver = string
-    serving      = string
+    serving      = optional(string)
   })
-  description = "IAM roles assumed by each workload through IRSA (or EKS Pod Identity); attach the object-store module's readwrite_policy_json to them."
+  description = "IAM roles assumed by each workload through IRSA (or EKS Pod Identity); attach the object-store module's readwrite_policy_json to them. serving is optional: without it (and without serving_service_account_annotations) the serving pods read S3 keys from the driftloop-serving Secret."
   validation {
-    condition     = alltrue([for arn in values(var.iam_role_arns) : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", arn))])
+    condition     = alltrue([for arn in values(var.iam_role_arns) : arn == null ? true : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", arn))])
     error_message = "Every iam_role_arns entry must be an IAM role ARN."
   }
+}
+
+variable "serving_service_account_annotations" {
+  type        = map(string)
+  description = "Workload-identity annotations for the serving pods' service account (bento), merged over the IRSA one iam_role_arns.serving gives, e.g. {\"eks.amazonaws.com/role-arn\" = \"arn:aws:iam::123456789012:role/driftloop-serving\"}. Any annotation (from either) makes the serving pods reach S3 through that identity (DRIFTLOOP_SERVING__WORKLOAD_IDENTITY=true); none: they read the S3 keys in the driftloop-serving Secret."
+  default     = {}
+}
+
+variable "serving_image" {
+  type = object({
+    repository = string
+    tag        = string
+  })
+  description = "The driftloop serving image built from docker/serving (a bento), run by the model-stable and model-canary Deployments; becomes DRIFTLOOP_SERVING__IMAGE. Pinned tag, never latest."
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.serving_image.tag)) && lower(var.serving_image.tag) != "latest" && !can(regex(":", element(split("/", var.serving_image.repository), length(split("/", var.serving_image.repository)) - 1)))
+    error_message = "serving_image needs a repository without a tag and a valid, pinned tag other than \"latest\"."
+  }
+}
+
+variable "spark_job_image" {
+  type = object({
+    repository = string
+    tag        = string
+  })
+  description = "The driftloop Spark job image built from docker/spark-job, run by the feature job's driver and executor pods; becomes DRIFTLOOP_SPARK_JOB__IMAGE. Pinned tag, never latest."
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.spark_job_image.tag)) && lower(var.spark_job_image.tag) != "latest" && !can(regex(":", element(split("/", var.spark_job_image.repository), length(split("/", var.spark_job_image.repository)) - 1)))
+    error_message = "spark_job_image needs a repository without a tag and a valid, pinned tag other than \"latest\"."
+  }
+}
+
+variable "prometheus" {
+  type = object({
+    url        = string
+    namespace  = string
+    pod_labels = optional(map(string), {})
+    port       = optional(number, 9090)
+  })
+  description = "The cluster's Prometheus (Terraform does not install one). url is its HTTP API as Airflow's pods reach it (DRIFTLOOP_SERVING__PROMETHEUS_URL, read by the canary analysis), e.g. http://prometheus-server.monitoring.svc:9090; namespace, pod_labels (its pods' labels, empty: any pod there) and port open the network flows Airflow → Prometheus and Prometheus → serving pods' metrics port."
+  validation {
+    condition     = can(regex("^https?://[^/\\s]+", var.prometheus.url))
+    error_message = "prometheus.url must be an http:// or https:// URL."
+  }
+}
+
+variable "driftloop_secret_names" {
+  type = object({
+    secret_name           = optional(string, "driftloop-airflow")
+    registry_lock_dsn_key = optional(string, "registry-lock-dsn")
+    optuna_storage_key    = optional(string, "optuna-storage")
+  })
+  description = "The pre-created Secret in the airflow namespace (names only; values are created outside Terraform) whose keys Airflow's containers and task pods read as DRIFTLOOP_REGISTRY_LOCK_DSN (PostgreSQL DSN for the registry's advisory lock) and DRIFTLOOP_OPTUNA_STORAGE (Optuna's PostgreSQL storage URL)."
+  default     = {}
 }
 
 variable "gateway_class_name" {

@@ -137,11 +137,35 @@ variable "remote_base_log_folder" {
 
 variable "extra_env" {
   type        = map(string)
-  description = "Plain (non-secret) environment variables for every Airflow container, e.g. DRIFTLOOP_PROFILE=kubernetes, DRIFTLOOP_LAKE_URI, MLFLOW_TRACKING_URI. Secrets go through Airflow Connections or a secrets backend, never here."
+  description = "Plain (non-secret) environment variables for every Airflow container, e.g. DRIFTLOOP_PROFILE=kubernetes, DRIFTLOOP_LAKE_URI, MLFLOW_TRACKING_URI. Secrets go through env_value_from, Airflow Connections or a secrets backend, never here."
   default     = {}
   validation {
-    condition     = alltrue([for k in keys(var.extra_env) : !can(regex("(?i)(password|passwd|secret|token|credential|private_key|access_key)", k))])
-    error_message = "extra_env must not carry secrets (a key looks like one); reference a Secret instead."
+    # DRIFTLOOP_SPARK_JOB__S3_CREDENTIALS_SECRET holds the *name* of a Secret, not a secret.
+    condition = alltrue([
+      for k in keys(var.extra_env) :
+      !can(regex("(?i)(password|passwd|secret|token|credential|private_key|access_key)", k)) || contains(["DRIFTLOOP_SPARK_JOB__S3_CREDENTIALS_SECRET"], k)
+    ])
+    error_message = "extra_env must not carry secrets (a key looks like one); reference a Secret through env_value_from instead."
+  }
+}
+
+variable "env_value_from" {
+  type = map(object({
+    secret_name = string
+    key         = string
+  }))
+  description = "Environment variables whose values come from keys of existing Secrets in the namespace (the chart's `secret` values: a secretKeyRef in every Airflow container, task pods included), keyed by variable name, e.g. {DRIFTLOOP_REGISTRY_LOCK_DSN = {secret_name = \"driftloop-airflow\", key = \"registry-lock-dsn\"}}. Only the names enter Terraform; the values stay in the Secret."
+  default     = {}
+  validation {
+    condition     = alltrue([for k in keys(var.env_value_from) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", k))])
+    error_message = "env_value_from keys must be environment variable names."
+  }
+  validation {
+    condition = alltrue([
+      for ref in values(var.env_value_from) :
+      can(regex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", ref.secret_name)) && can(regex("^[-._a-zA-Z0-9]+$", ref.key))
+    ])
+    error_message = "Every env_value_from entry needs a valid Secret name and key."
   }
 }
 

@@ -35,29 +35,39 @@ locals {
     ]
   }
 
+  # The cluster's Prometheus (not ours): Airflow's pods query its HTTP API for the
+  # canary analysis, and it scrapes the serving pods' /metrics on the serving port.
+  # pod_labels narrows the peer to Prometheus's own pods within its namespace.
+  prometheus_api = var.prometheus == null ? [] : [
+    { namespaces = [var.prometheus.namespace], pod_labels = var.prometheus.pod_labels, port = var.prometheus.port },
+  ]
+  prometheus_scrape = var.prometheus == null ? [] : [
+    { namespaces = [var.prometheus.namespace], pod_labels = var.prometheus.pod_labels, port = var.ports.serving },
+  ]
+
   # Traffic between driftloop namespaces: who calls whom, on which port.
   namespace_egress = {
-    airflow = [
-      { namespaces = [var.namespaces.mlflow], port = var.ports.mlflow },
-      { namespaces = [var.namespaces.serving], port = var.ports.serving },
-    ]
+    airflow = concat([
+      { namespaces = [var.namespaces.mlflow], pod_labels = {}, port = var.ports.mlflow },
+      { namespaces = [var.namespaces.serving], pod_labels = {}, port = var.ports.serving },
+    ], local.prometheus_api)
     mlflow  = []
-    serving = [{ namespaces = [var.namespaces.mlflow], port = var.ports.mlflow }]
+    serving = [{ namespaces = [var.namespaces.mlflow], pod_labels = {}, port = var.ports.mlflow }]
     spark_jobs = [
-      { namespaces = [var.namespaces.mlflow], port = var.ports.mlflow },
+      { namespaces = [var.namespaces.mlflow], pod_labels = {}, port = var.ports.mlflow },
     ]
   }
 
   namespace_ingress = {
     airflow = [
-      { namespaces = var.airflow_ui_ingress_namespaces, port = var.ports.airflow_api_server },
+      { namespaces = var.airflow_ui_ingress_namespaces, pod_labels = {}, port = var.ports.airflow_api_server },
     ]
     mlflow = [
-      { namespaces = [var.namespaces.airflow, var.namespaces.spark_jobs, var.namespaces.serving], port = var.ports.mlflow },
+      { namespaces = [var.namespaces.airflow, var.namespaces.spark_jobs, var.namespaces.serving], pod_labels = {}, port = var.ports.mlflow },
     ]
-    serving = [
-      { namespaces = concat([var.namespaces.airflow], var.gateway_dataplane_namespaces), port = var.ports.serving },
-    ]
+    serving = concat([
+      { namespaces = concat([var.namespaces.airflow], var.gateway_dataplane_namespaces), pod_labels = {}, port = var.ports.serving },
+    ], local.prometheus_scrape)
     spark_jobs = []
   }
 }
@@ -194,8 +204,11 @@ resource "kubernetes_role_binding_v1" "spark_driver" {
   }
 }
 
-# Airflow task pods submit feature jobs to spark-jobs, either as
-# SparkApplications (Spark operator) or as driver pods (spark-submit k8s://).
+# Airflow task pods run the feature job as a Spark driver pod in spark-jobs (the
+# driver, not Airflow, creates the executors). Verbs follow
+# include/driftloop/feature_jobs/kubernetes.py: server-side apply (PATCH, plus
+# `create` when it creates the object) of the driver pod and its ConfigMap,
+# reading the pod and its log, deleting both. Nothing lists or watches.
 resource "kubernetes_role_v1" "airflow_spark_submitter" {
   metadata {
     name      = "airflow-spark-submitter"
@@ -204,18 +217,18 @@ resource "kubernetes_role_v1" "airflow_spark_submitter" {
   }
   rule {
     api_groups = [""]
-    resources  = ["pods", "services", "configmaps", "persistentvolumeclaims"]
-    verbs      = ["create", "get", "list", "watch", "patch", "delete"]
+    resources  = ["pods"]
+    verbs      = ["create", "get", "patch", "delete"]
   }
   rule {
     api_groups = [""]
-    resources  = ["pods/log", "events"]
-    verbs      = ["get", "list", "watch"]
+    resources  = ["pods/log"]
+    verbs      = ["get"]
   }
   rule {
-    api_groups = ["sparkoperator.k8s.io"]
-    resources  = ["sparkapplications", "sparkapplications/status"]
-    verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
+    api_groups = [""]
+    resources  = ["configmaps"]
+    verbs      = ["create", "patch", "delete"]
   }
 }
 
@@ -406,6 +419,13 @@ resource "kubernetes_network_policy_v1" "allow_driftloop_flows" {
             namespace_selector {
               match_labels = { (local.ns_label) = from.value }
             }
+            # in the same peer: pods with these labels in that namespace
+            dynamic "pod_selector" {
+              for_each = length(ingress.value.pod_labels) > 0 ? [ingress.value.pod_labels] : []
+              content {
+                match_labels = pod_selector.value
+              }
+            }
           }
         }
         ports {
@@ -423,6 +443,12 @@ resource "kubernetes_network_policy_v1" "allow_driftloop_flows" {
           content {
             namespace_selector {
               match_labels = { (local.ns_label) = to.value }
+            }
+            dynamic "pod_selector" {
+              for_each = length(egress.value.pod_labels) > 0 ? [egress.value.pod_labels] : []
+              content {
+                match_labels = pod_selector.value
+              }
             }
           }
         }

@@ -139,3 +139,21 @@ variable "ports" {
   description = "Container ports the network policies open: the Airflow API server, the MLflow server and the BentoML service."
   default     = {}
 }
+
+variable "prometheus" {
+  type = object({
+    namespace  = string
+    pod_labels = optional(map(string), {})
+    port       = optional(number, 9090)
+  })
+  description = "The cluster's Prometheus, for two flows through the default deny: Airflow's pods (the canary analysis in task pods and the triggerer) query its HTTP API on port, and its pods scrape the serving pods' /metrics on ports.serving. pod_labels selects Prometheus's pods within namespace (e.g. {\"app.kubernetes.io/name\" = \"prometheus\"}); empty allows every pod there. Null opens neither flow, and the canary analysis cannot read its metrics. Prometheus's own namespace policies, if any, must allow the same flows."
+  default     = null
+  validation {
+    condition     = var.prometheus == null ? true : can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.prometheus.namespace))
+    error_message = "prometheus.namespace must be a DNS-1123 label."
+  }
+  validation {
+    condition     = var.prometheus == null ? true : var.prometheus.port >= 1 && var.prometheus.port <= 65535
+    error_message = "prometheus.port must be a valid TCP port."
+  }
+}

@@ -3,6 +3,11 @@ output "gateway_name" {
   value       = kubernetes_manifest.gateway.manifest.metadata.name
 }
 
+output "namespace" {
+  description = "Namespace of the Gateway and its route (the serving namespace); Airflow's deploy target needs it with gateway_name."
+  value       = kubernetes_manifest.gateway.manifest.metadata.namespace
+}
+
 output "listener_name" {
   description = "Listener (sectionName) that routes attach to."
   value       = var.listener.name

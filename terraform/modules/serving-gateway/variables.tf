@@ -5,8 +5,12 @@ variable "namespace" {
 
 variable "gateway_name" {
   type        = string
-  description = "Name of the Gateway."
+  description = "Name of the Gateway. The default is also driftloop's DRIFTLOOP_SERVING__GATEWAY default; the environments pass the gateway_name output to Airflow either way."
   default     = "driftloop"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", var.gateway_name))
+    error_message = "gateway_name must be a valid Kubernetes object name."
+  }
 }
 
 variable "gateway_class_name" {
