@@ -568,8 +568,14 @@ def test_airflow_helm_values(terraform_binary: str, tmp_path: Path, inventory: d
     for component in ("scheduler", "apiServer", "dagProcessor", "triggerer", "workers"):
         assert values[component]["serviceAccount"]["annotations"] == irsa, component
     assert values["env"] == [{"name": "DRIFTLOOP_PROFILE", "value": "kubernetes"}]
-    # the chart's `secret` list: a secretKeyRef in every container and the task pods' template
+    # the chart's `secret` list: a secretKeyRef in every container and the task pods' template;
+    # the async metadata URL too, or Airflow would derive an asyncpg one (not in the image)
     assert values["secret"] == [
+        {
+            "envName": "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC",
+            "secretName": "airflow-metadata",
+            "secretKey": "connection",
+        },
         {
             "envName": "DRIFTLOOP_OPTUNA_STORAGE",
             "secretName": "driftloop-airflow",
@@ -971,3 +977,24 @@ def test_serving_workload_identity_follows_its_service_account(
     expected = {k: v.format(env=environment) for k, v in annotations.items()}
     assert evaluated["serving_service_account_annotations"] == expected
     assert evaluated["serving_workload_identity"] is workload_identity
+
+
+def test_database_urls_name_the_driver_the_images_carry() -> None:
+    """The lock (and so every image) has psycopg 3 only: a psycopg2 URL fails at connect time."""
+    lock = (REPO / "requirements.lock").read_text()
+    assert re.search(r"^psycopg==", lock, flags=re.MULTILINE)
+    assert not re.search(r"^(psycopg2|psycopg2-binary|asyncpg)==", lock, flags=re.MULTILINE)
+    documents = [
+        p
+        for pattern in ("*.tf", "*.md", "*.example")
+        for p in TF_ROOT.rglob(pattern)
+        if ".terraform" not in p.parts
+    ]
+    documents += [REPO / "README.md", *(REPO / "docker").rglob("*.yaml")]
+    problems = []
+    for path in documents:
+        for match in re.finditer(r"\bpostgres(?:ql)?(\+[a-z0-9]+)?://", path.read_text()):
+            if match.group(1) != "+psycopg":
+                problems.append(f"{path.relative_to(REPO)}: {match.group(0)} (use postgresql+psycopg://)")
+    assert documents
+    assert not problems, "\n".join(problems)

@@ -86,7 +86,7 @@ variable "mlflow_image" {
     repository = string
     tag        = string
   })
-  description = "MLflow server image with psycopg2 and boto3 (pinned tag)."
+  description = "MLflow server image with psycopg 3 and boto3, e.g. the driftloop Airflow image (pinned tag)."
 }
 
 variable "mlflow_backend_store_secret_name" {

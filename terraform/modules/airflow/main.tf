@@ -98,13 +98,22 @@ locals {
     env = [for k in sort(keys(var.extra_env)) : { name = k, value = var.extra_env[k] }]
     # The chart's Secret-backed environment: a secretKeyRef in every Airflow container and in the
     # KubernetesExecutor's pod template (custom_airflow_environment). Only names reach state.
-    secret = [
-      for k in sort(keys(var.env_value_from)) : {
-        envName    = k
-        secretName = var.env_value_from[k].secret_name
-        secretKey  = var.env_value_from[k].key
-      }
-    ]
+    secret = concat(
+      # Left unset, Airflow derives its async metadata URL by switching the driver to asyncpg,
+      # which the image lacks; psycopg 3 (postgresql+psycopg://) serves both, as in compose.
+      [{
+        envName    = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"
+        secretName = var.metadata_secret_name
+        secretKey  = "connection"
+      }],
+      [
+        for k in sort(keys(var.env_value_from)) : {
+          envName    = k
+          secretName = var.env_value_from[k].secret_name
+          secretKey  = var.env_value_from[k].key
+        }
+      ],
+    )
 
     config = {
       core = {

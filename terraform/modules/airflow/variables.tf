@@ -67,7 +67,7 @@ variable "image_pull_policy" {
 
 variable "metadata_secret_name" {
   type        = string
-  description = "Existing Secret (in the namespace) whose key \"connection\" holds the SQLAlchemy URL of the PostgreSQL metadata DB. Created outside Terraform (External Secrets, Vault, sealed-secrets) so no password ever enters state."
+  description = "Existing Secret (in the namespace) whose key \"connection\" holds the SQLAlchemy URL of the PostgreSQL metadata DB with the psycopg 3 driver (postgresql+psycopg://...; the image has neither psycopg2 nor asyncpg); it serves as the async URL too. Created outside Terraform (External Secrets, Vault, sealed-secrets) so no password ever enters state."
 }
 
 variable "fernet_key_secret_name" {

@@ -15,7 +15,7 @@ variable "name" {
 
 variable "image_repository" {
   type        = string
-  description = "Repository of an MLflow server image that also contains psycopg2 (PostgreSQL store) and boto3 (S3 artifacts)."
+  description = "Repository of an MLflow server image that also contains psycopg 3 (PostgreSQL store, postgresql+psycopg:// URIs) and boto3 (S3 artifacts), e.g. the driftloop Airflow image."
   validation {
     condition     = length(var.image_repository) > 0 && !can(regex(":", element(split("/", var.image_repository), length(split("/", var.image_repository)) - 1)))
     error_message = "image_repository must be non-empty and carry no tag; give the tag in image_tag."
@@ -58,7 +58,7 @@ variable "service_account_name" {
 
 variable "backend_store_secret_name" {
   type        = string
-  description = "Existing Secret holding the PostgreSQL backend store URI (postgresql+psycopg2://user:password@host:5432/mlflow). Created outside Terraform so no password enters state or the pod spec."
+  description = "Existing Secret holding the PostgreSQL backend store URI (postgresql+psycopg://user:password@host:5432/mlflow). Created outside Terraform so no password enters state or the pod spec."
 }
 
 variable "backend_store_uri_key" {
