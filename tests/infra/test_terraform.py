@@ -473,14 +473,19 @@ def test_variable_validation_behaviour(
     terraform_binary: str, tmp_path: Path, module: str, overrides: dict[str, Any], expected_error: str | None
 ) -> None:
     work, env = _scratch_root(tmp_path, module, VALID_INPUTS[module] | overrides)
-    init = _run(terraform_binary, ["init", "-input=false", "-backend=false"], work, env)
+    _assert_plan(terraform_binary, work, env, expected_error, f"{module}: {overrides}")
+
+
+def _assert_plan(binary: str, work: Path, env: dict[str, str], expected_error: str | None, what: str) -> None:
+    """Plan the scratch root: it must succeed, or fail with ``expected_error`` in its output."""
+    init = _run(binary, ["init", "-input=false", "-backend=false"], work, env)
     assert init.returncode == 0, init.stdout + init.stderr
-    plan = _run(terraform_binary, ["plan", "-input=false", "-lock=false", "-refresh=false"], work, env)
+    plan = _run(binary, ["plan", "-input=false", "-lock=false", "-refresh=false"], work, env)
     output = re.sub(r"\s+", " ", plan.stdout + plan.stderr)
     if expected_error is None:
         assert plan.returncode == 0, output
     else:
-        assert plan.returncode != 0, f"{module}: {overrides} was accepted"
+        assert plan.returncode != 0, f"{what} was accepted"
         assert expected_error in output, output
 
 
@@ -901,9 +906,7 @@ def test_environment_env_passes_the_modules_own_checks(
         },
     }
     work, env = _scratch_root(tmp_path, "airflow", inputs)
-    assert _run(terraform_binary, ["init", "-input=false", "-backend=false"], work, env).returncode == 0
-    plan = _run(terraform_binary, ["plan", "-input=false", "-lock=false", "-refresh=false"], work, env)
-    assert plan.returncode == 0, plan.stdout + plan.stderr
+    _assert_plan(terraform_binary, work, env, None, f"{environment}: airflow inputs")
 
 
 ENVIRONMENT_VALIDATION_CASES = [
@@ -929,14 +932,7 @@ def test_environment_variable_validation(
 ) -> None:
     example = _environment(inventory, environment)["tfvars_examples"]["terraform.tfvars.example"]
     work, env = _scratch_root(tmp_path, "", example | overrides, TF_ROOT / "environments" / environment)
-    assert _run(terraform_binary, ["init", "-input=false", "-backend=false"], work, env).returncode == 0
-    plan = _run(terraform_binary, ["plan", "-input=false", "-lock=false", "-refresh=false"], work, env)
-    output = re.sub(r"\s+", " ", plan.stdout + plan.stderr)
-    if expected_error is None:
-        assert plan.returncode == 0, output
-    else:
-        assert plan.returncode != 0, f"{environment}: {overrides} was accepted"
-        assert expected_error in output, output
+    _assert_plan(terraform_binary, work, env, expected_error, f"{environment}: {overrides}")
 
 
 IRSA = "eks.amazonaws.com/role-arn"
