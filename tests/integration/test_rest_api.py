@@ -133,9 +133,7 @@ request = urllib.request.Request(
 token = json.load(urllib.request.urlopen(request))["access_token"]
 params = {"n_trials": 2, "metric": "recall_at_fpr", "timeout_minutes": 5, "reason": "quarterly model review"}
 with airflow_client.ApiClient(airflow_client.Configuration(host=url, access_token=token)) as api:
-    run = DagRunApi(api).trigger_dag_run(
-        "train_model", TriggerDAGRunPostBody(logical_date=None, conf=params)
-    )
+    run = DagRunApi(api).trigger_dag_run("train_model", TriggerDAGRunPostBody(logical_date=None, conf=params))
 print(run.dag_run_id)
 """
 
