@@ -250,11 +250,15 @@ resource "kubernetes_role_binding_v1" "airflow_spark_submitter" {
   }
 }
 
-# The deploy_model DAG rolls out bentos: it creates the canary Deployment and
-# Service and moves traffic by patching the HTTPRoute's weights.
-# Verbs follow include/driftloop/deploy/kubernetes.py. A server-side apply is a
-# PATCH, and the API server also checks `create` when that apply creates the
-# object; the target never reads, lists or updates HPAs and PDBs.
+# The deploy_model DAG rolls out bentos through the Kubernetes deploy target
+# (include/driftloop/deploy/kubernetes.py): per variant it server-side applies
+# a Deployment, Service, HPA and PDB (PATCH, plus `create` when the apply
+# creates the object), reads the Deployment while it rolls out and for status,
+# deletes the four when a variant stops; it reads, creates (apply) and
+# re-weights (merge patch) the HTTPRoute, which it owns (serving-gateway does
+# not create it). It never lists, watches, updates or deletes anything else,
+# and reads no Pods, events, ReplicaSets or Gateways: tests/infra/test_rbac.py
+# drives every rollout path and requires exactly these rules.
 resource "kubernetes_role_v1" "airflow_rollout" {
   metadata {
     name      = "airflow-rollout"
@@ -263,31 +267,14 @@ resource "kubernetes_role_v1" "airflow_rollout" {
   }
   rule {
     api_groups = ["apps"]
-    resources  = ["deployments", "deployments/scale"]
-    verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
-  }
-  rule {
-    api_groups = ["apps"]
-    resources  = ["replicasets"]
-    verbs      = ["get", "list", "watch"]
+    resources  = ["deployments"]
+    verbs      = ["create", "get", "patch", "delete"]
   }
   rule {
     api_groups = [""]
     resources  = ["services"]
-    verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
+    verbs      = ["create", "patch", "delete"]
   }
-  rule {
-    api_groups = [""]
-    resources  = ["pods", "pods/log", "events"]
-    verbs      = ["get", "list", "watch"]
-  }
-  rule {
-    api_groups = ["gateway.networking.k8s.io"]
-    resources  = ["httproutes"]
-    verbs      = ["create", "get", "list", "watch", "patch", "update", "delete"]
-  }
-  # Each variant's HPA (autoscaling/v2) and PodDisruptionBudget (policy/v1):
-  # server-side applied by deploy(), deleted by remove().
   rule {
     api_groups = ["autoscaling"]
     resources  = ["horizontalpodautoscalers"]
@@ -300,8 +287,8 @@ resource "kubernetes_role_v1" "airflow_rollout" {
   }
   rule {
     api_groups = ["gateway.networking.k8s.io"]
-    resources  = ["httproutes/status", "gateways"]
-    verbs      = ["get", "list", "watch"]
+    resources  = ["httproutes"]
+    verbs      = ["create", "get", "patch"]
   }
 }
 
