@@ -129,6 +129,13 @@ class ServingSettings(BaseModel):
         None,
         description="Namespace of that Gateway; None: the serving namespace (where Terraform creates it).",
     )
+    gateway_listener: str | None = Field(
+        "https",
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="Listener of that Gateway the HTTPRoute attaches to, its parentRef sectionName "
+        "(terraform serving-gateway listener.name, default https); null: every listener admitting it.",
+    )
     service_account: str = Field(
         "bento",
         description="Service account of the serving pods (terraform k8s-namespaces creates it; its "

@@ -220,7 +220,12 @@ def test_route_matches_gateway_api_v1_schema(settings: Settings, canary: int) ->
     assert all(r["weight"] > 0 and r["port"] == 3000 and r["kind"] == "Service" for r in refs)
     assert route_weights(route) == {"stable": 100 - canary, "canary": canary}
     assert route["spec"]["parentRefs"] == [
-        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": settings.serving.gateway}
+        {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": settings.serving.gateway,
+            "sectionName": settings.serving.gateway_listener,
+        }
     ]
     assert route["spec"]["hostnames"] == [settings.serving.hostname]
 
@@ -330,15 +335,32 @@ def test_workload_identity_as_terraform_passes_it(monkeypatch: pytest.MonkeyPatc
 
 
 def test_route_names_the_gateway_namespace_only_when_it_is_elsewhere() -> None:
-    # Terraform's Gateway: same namespace as the route, so the parentRef is the one it renders
+    # Terraform's Gateway: same namespace as the route, so no namespace in the parentRef
     same = render_route(_settings(gateway_namespace="driftloop-serving"), {"stable": 100})
     assert same["spec"]["parentRefs"] == [
-        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "driftloop"}
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "driftloop", "sectionName": "https"}
     ]
     shared = render_route(_settings(gateway="edge", gateway_namespace="gateway-system"), {"stable": 100})
     jsonschema.validate(shared, HTTPROUTE_V1_SCHEMA)
     (ref,) = shared["spec"]["parentRefs"]
     assert (ref["name"], ref["namespace"]) == ("edge", "gateway-system")
+
+
+def test_route_attaches_to_the_listener_terraform_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environments pass the serving-gateway listener as DRIFTLOOP_SERVING__GATEWAY_LISTENER;
+    "null" attaches to every listener of a shared Gateway that admits the route."""
+    monkeypatch.setenv("DRIFTLOOP_SERVING__GATEWAY_LISTENER", "models-https")
+    assert Settings().serving.gateway_listener == "models-https"
+    (ref,) = render_route(_settings(gateway_listener="models-https"), {"stable": 100})["spec"]["parentRefs"]
+    assert ref["sectionName"] == "models-https"
+    monkeypatch.setenv("DRIFTLOOP_SERVING__GATEWAY_LISTENER", "null")
+    assert Settings().serving.gateway_listener is None
+    route = render_route(_settings(gateway_listener=None), {"stable": 100})
+    jsonschema.validate(route, HTTPROUTE_V1_SCHEMA)
+    assert "sectionName" not in route["spec"]["parentRefs"][0]
+    monkeypatch.setenv("DRIFTLOOP_SERVING__GATEWAY_LISTENER", "HTTPS_1")  # not a section name
+    with pytest.raises(ValueError, match="gateway_listener"):
+        Settings()
 
 
 @pytest.mark.parametrize(

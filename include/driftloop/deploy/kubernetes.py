@@ -5,16 +5,18 @@ Objects are plain dicts rendered by typed functions (no templating) and applied 
 apply under the field manager ``driftloop``; weights move by a merge patch of the HTTPRoute only;
 metrics come from the Prometheus HTTP API.
 
-What the tests here cannot show (no cluster exists on this machine): that a real API server
-accepts the field-ownership handover from Terraform's ``terraform-driftloop`` manager on the
-HTTPRoute, that the CRD's CEL rules (which a JSON schema cannot express) accept the route, that
-a Gateway implementation really splits traffic by these weights, that the image starts under the
-read-only, non-root security context, that the HPA's CPU metric exists (metrics-server), that the
-Prometheus in the cluster scrapes the pods with a ``namespace`` label, and that the serving Role
-(terraform ``airflow-rollout``) grants what this module needs (it also needs
-``horizontalpodautoscalers`` and ``poddisruptionbudgets``). The fake API server in the tests
-models the wire protocol (paths, patch types, query flags, the resourceVersion precondition of a
-merge patch, 404/409/403/415), not server-side apply's field merging or admission.
+The HTTPRoute is this module's alone: Terraform creates the Gateway it attaches to but not the
+route (terraform/modules/serving-gateway says why), so nothing else writes its weights.
+
+What the tests here cannot show (no cluster exists on this machine): that the CRD's CEL rules
+(which a JSON schema cannot express) accept the route, that a Gateway implementation really
+splits traffic by these weights, that the image starts under the read-only, non-root security
+context, that the HPA's CPU metric exists (metrics-server), and that the Prometheus in the
+cluster scrapes the pods with a ``namespace`` label. tests/infra/test_rbac.py checks that the
+serving Role (terraform ``airflow-rollout``) grants exactly the verbs the calls here need. The
+fake API server in the tests models the wire protocol (paths, patch types, query flags, the
+resourceVersion precondition of a merge patch, 404/409/403/415), not server-side apply's field
+merging or admission.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 
 APP = "driftloop-model"
-# Names shared with terraform/modules/serving-gateway (route_name, stable/canary_service_name
-# defaults), so the route Terraform creates and the one rendered here are the same object.
+# The route is created here on the first deploy (terraform/modules/serving-gateway creates only
+# its Gateway); the README's kubectl checks name it.
 ROUTE_NAME = "driftloop-model"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_VERSION = "v1"
@@ -433,15 +435,20 @@ def backend_refs(weights: Mapping[str, int]) -> list[dict[str, Any]]:
 
 
 def gateway_ref(settings: Settings) -> dict[str, str]:
-    """The route's parentRef: the Gateway by name, and by namespace only when it lives elsewhere.
+    """The route's parentRef: the Gateway by name and listener, by namespace only when elsewhere.
 
-    Left out in the serving namespace, so the route equals the one Terraform creates there
-    (whose listener admits routes from its own namespace only).
+    For the defaults and what the Terraform environments pass, this selects exactly the listener
+    terraform/modules/serving-gateway creates (sectionName = its listener.name; no namespace in
+    the serving namespace, where that listener admits routes from). group and kind are written
+    out although the CRD defaults them, so the live route (parentRefs is an atomic list) holds
+    exactly what was sent.
     """
     serving = settings.serving
     ref = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": serving.gateway}
     if serving.gateway_namespace and serving.gateway_namespace != serving.namespace:
         ref["namespace"] = serving.gateway_namespace
+    if serving.gateway_listener:
+        ref["sectionName"] = serving.gateway_listener
     return ref
 
 
@@ -688,7 +695,7 @@ class KubernetesTarget(DeployTarget):
 
         ``force=True``: driftloop is the only intended writer of these fields, and the
         Kubernetes docs advise controllers to always force, since a conflict (an operator's
-        ``kubectl edit``, Terraform's initial ownership of the route) is not something a rollout
+        ``kubectl edit``, a route an older Terraform module created) is not something a rollout
         step can resolve by retrying. What others legitimately own is kept by not sending it:
         the HPA's replica count (see deploy()), and the route's weights are re-sent unchanged.
         """
