@@ -340,30 +340,47 @@ def test_example_images_are_pinned(inventory: dict[str, Any]) -> None:
 # --------------------------------------------------------- traffic split ----
 
 
-def test_traffic_weights_are_validated_to_sum_to_100(inventory: dict[str, Any]) -> None:
-    weights = _module(inventory, "serving-gateway")["variables"]["traffic_weights"]
-    conditions = [v["condition"] for v in weights["validations"]]
-    assert any("stable" in c and "canary" in c and re.search(r"==\s*100", c) for c in conditions), (
-        f"traffic_weights has no validation that stable + canary == 100: {conditions}"
-    )
-    assert sum(weights["default"].values()) == 100
+def _manifests(path: Path) -> dict[str, dict[str, Any]]:
+    """The kubernetes_manifest resources of one .tf file: name → manifest."""
+    resources = _hcl(path).get("resource", [])
+    return {n: b["manifest"][0] for r in resources for n, b in r.get("kubernetes_manifest", {}).items()}
 
 
-@pytest.mark.parametrize("environment", ENVIRONMENTS)
-def test_environment_weights_sum_to_100(inventory: dict[str, Any], environment: str) -> None:
-    call = _environment(inventory, environment)["module_calls"]["serving_gateway"]
-    weights = call["inputs"].get("traffic_weights")
-    if isinstance(weights, dict) and all(isinstance(w, int | float) for w in weights.values()):
-        assert sum(weights.values()) == 100, f"{environment}: traffic_weights {weights} do not sum to 100"
+def test_terraform_leaves_the_route_and_its_weights_to_the_rollout(inventory: dict[str, Any]) -> None:
+    """The deploy target creates and re-weights the HTTPRoute; Terraform must not write it at all.
+
+    Its spec lists are atomic under server-side apply, so a Terraform-managed route is written
+    whole (weights included) on every apply that touches it: a canary at 50% went back to the
+    baseline, and the route named a canary Service that exists only during a rollout.
+    """
+    files = [p for p in TF_ROOT.rglob("*.tf") if ".terraform" not in p.parts]
+    kinds = {
+        f"{path.relative_to(TF_ROOT)}: {name}": manifest["kind"]
+        for path in files
+        if "kubernetes_manifest" in path.read_text()
+        for name, manifest in _manifests(path).items()
+    }
+    assert "Gateway" in kinds.values(), f"no Gateway found among {kinds}: is the parse right?"
+    assert "HTTPRoute" not in kinds.values(), f"Terraform manages an HTTPRoute: {kinds}"
+    weights = [
+        f"{directory}: {name}"
+        for directory, info in inventory.items()
+        for name in info["variables"]
+        if "weight" in name
+    ]
+    assert not weights, f"variables that promise a traffic split Terraform no longer sets: {weights}"
+    # a state holding the route from the module's earlier version forgets it, never deletes it
+    removed = _hcl(TF_ROOT / "modules" / "serving-gateway" / "main.tf")["removed"]
+    assert {"from": ["${kubernetes_manifest.model_route}"], "lifecycle": [{"destroy": [False]}]} in removed
 
 
 # The validations themselves, run by Terraform: a root module holding only a module's
 # variables.tf needs no provider, so `terraform plan` evaluates them offline.
 VALIDATION_CASES = [
-    ("serving-gateway", {"traffic_weights": {"stable": 90, "canary": 10}}, None),
-    ("serving-gateway", {"traffic_weights": {"stable": 60, "canary": 30}}, "must sum to 100"),
-    ("serving-gateway", {"traffic_weights": {"stable": 110, "canary": -10}}, "between 0 and 100"),
+    ("serving-gateway", {"listener": {"name": "models-https", "tls_secret_name": "model-tls"}}, None),
     ("serving-gateway", {"listener": {"protocol": "HTTPS"}}, "needs listener.tls_secret_name"),
+    # the deploy target names the listener as its route's sectionName (a DNS subdomain)
+    ("serving-gateway", {"listener": {"name": "HTTPS_1", "tls_secret_name": "t"}}, "lowercase DNS subdomain"),
     ("airflow", {"image_tag": "latest"}, 'other than "latest"'),
     ("airflow", {"chart_version": "~> 1.22"}, "exact version"),
     ("mlflow", {"image_tag": "latest"}, 'other than "latest"'),
@@ -829,6 +846,7 @@ AIRFLOW_DEPLOYMENT_ENV = {
     "DRIFTLOOP_SERVING__NAMESPACE": '${module.k8s_namespaces.namespaces["serving"]}',
     "DRIFTLOOP_SERVING__GATEWAY": "${module.serving_gateway.gateway_name}",
     "DRIFTLOOP_SERVING__GATEWAY_NAMESPACE": "${module.serving_gateway.namespace}",
+    "DRIFTLOOP_SERVING__GATEWAY_LISTENER": "${module.serving_gateway.listener_name}",
     "DRIFTLOOP_SERVING__HOSTNAME": "${var.serving_hostname}",
     "DRIFTLOOP_SERVING__IMAGE": "${var.serving_image.repository}:${var.serving_image.tag}",
     "DRIFTLOOP_SERVING__PROMETHEUS_URL": "${var.prometheus.url}",
@@ -846,20 +864,48 @@ AIRFLOW_SECRET_ENV = {
 
 
 def test_terraform_names_agree_with_the_deploy_target_defaults(inventory: dict[str, Any]) -> None:
-    """One Gateway name, one route, one service account: Terraform's and the settings' defaults."""
+    """One Gateway, one listener, one service account: Terraform's and the settings' defaults."""
     from driftloop.config import ServingSettings
-    from driftloop.deploy.kubernetes import ROUTE_NAME, SERVING_PORT, object_name
 
     gateway = _module(inventory, "serving-gateway")["variables"]
     serving = ServingSettings()
     assert gateway["gateway_name"]["default"] == serving.gateway
-    assert gateway["route_name"]["default"] == ROUTE_NAME
-    assert gateway["stable_service_name"]["default"] == object_name("stable")
-    assert gateway["canary_service_name"]["default"] == object_name("canary")
-    assert gateway["service_port"]["default"] == SERVING_PORT
     resources = _hcl(TF_ROOT / "modules" / "k8s-namespaces" / "main.tf")["resource"]
     accounts = {n: b for r in resources for n, b in r.get("kubernetes_service_account_v1", {}).items()}
     assert accounts["serving"]["metadata"][0]["name"] == [serving.service_account]
+
+
+def test_rendered_route_attaches_to_the_gateway_listener_terraform_creates(
+    terraform_binary: str, tmp_path: Path, inventory: dict[str, Any]
+) -> None:
+    """The deploy target's route, with the settings' defaults, names exactly the Gateway and the
+    listener serving-gateway creates with its defaults (as Terraform itself evaluates them)."""
+    from driftloop.config import ServingSettings, Settings
+    from driftloop.deploy.kubernetes import ROUTE_SCHEME, render_route
+
+    listener = _evaluate_locals(terraform_binary, tmp_path, inventory, "serving-gateway")["listener"]
+    gateway = _manifests(TF_ROOT / "modules" / "serving-gateway" / "main.tf")["gateway"]
+    assert gateway["spec"]["listeners"] == ["${local.listener}"]
+    assert gateway["metadata"]["name"] == "${var.gateway_name}"
+    module = _module(inventory, "serving-gateway")
+    terraform_ref = {
+        "group": gateway["apiVersion"].split("/")[0],
+        "kind": gateway["kind"],
+        "name": module["variables"]["gateway_name"]["default"],
+        "sectionName": listener["name"],
+    }
+    # as the environments configure it: the route in the Gateway's own namespace
+    settings = Settings(
+        profile="kubernetes",
+        lake_root="s3a://acme-driftloop-lake/prod",
+        serving=ServingSettings(namespace="serving", gateway_namespace="serving"),
+    )
+    route = render_route(settings, {"stable": 100})
+    assert route["spec"]["parentRefs"] == [terraform_ref]
+    # and the listener admits it: routes from its own namespace, on the scheme status() reports
+    assert listener["allowedRoutes"] == {"namespaces": {"from": "Same"}}
+    assert route["metadata"]["namespace"] == settings.serving.gateway_namespace
+    assert listener["protocol"].lower() == ROUTE_SCHEME
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
@@ -868,10 +914,10 @@ def test_environment_tells_airflow_what_it_created(inventory: dict[str, Any], en
     airflow = calls["airflow"]["inputs"]
     extra_env = airflow["extra_env"]
     assert {k: extra_env.get(k) for k in AIRFLOW_DEPLOYMENT_ENV} == AIRFLOW_DEPLOYMENT_ENV
-    # the route the deploy target applies lands where the Gateway is and answers its host name
+    # the route the deploy target creates lands where the Gateway is and answers its listener's host
     gateway = calls["serving_gateway"]["inputs"]
     assert gateway["namespace"] == extra_env["DRIFTLOOP_SERVING__NAMESPACE"]
-    assert gateway["hostnames"] == [extra_env["DRIFTLOOP_SERVING__HOSTNAME"]]
+    assert gateway["listener"]["hostname"] == extra_env["DRIFTLOOP_SERVING__HOSTNAME"]
     # the Secret-backed settings come by reference only
     assert not set(AIRFLOW_SECRET_ENV) & set(extra_env)
     assert airflow["env_value_from"] == {

@@ -115,9 +115,10 @@ module "airflow" {
     DRIFTLOOP_SERVING__IMAGE             = "${var.serving_image.repository}:${var.serving_image.tag}"
     DRIFTLOOP_SERVING__SERVICE_ACCOUNT   = module.k8s_namespaces.serving_service_account_name
     DRIFTLOOP_SERVING__WORKLOAD_IDENTITY = tostring(local.serving_workload_identity)
-    # the route the deploy target applies must attach where Terraform's Gateway is
+    # the route the deploy target creates must attach to the Gateway listener Terraform made
     DRIFTLOOP_SERVING__GATEWAY           = module.serving_gateway.gateway_name
     DRIFTLOOP_SERVING__GATEWAY_NAMESPACE = module.serving_gateway.namespace
+    DRIFTLOOP_SERVING__GATEWAY_LISTENER  = module.serving_gateway.listener_name
     DRIFTLOOP_SERVING__HOSTNAME          = var.serving_hostname
     DRIFTLOOP_SERVING__PROMETHEUS_URL    = var.prometheus.url
   }
@@ -145,6 +146,6 @@ module "serving_gateway" {
     hostname        = var.serving_hostname
     tls_secret_name = var.serving_tls_secret_name
   }
-  hostnames       = [var.serving_hostname]
-  traffic_weights = { stable = 100, canary = 0 }
+  # No route here: deploy_model's Kubernetes target creates and owns the
+  # weighted HTTPRoute (see the module's main.tf for why).
 }

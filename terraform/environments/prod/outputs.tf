@@ -34,11 +34,9 @@ output "airflow_chart_version" {
 }
 
 output "serving_gateway" {
-  description = "Gateway, listener and weighted route of the serving namespace."
+  description = "Gateway and listener of the serving namespace (the deploy_model DAG creates the weighted route driftloop-model on them)."
   value = {
     gateway  = module.serving_gateway.gateway_name
     listener = module.serving_gateway.listener_name
-    route    = module.serving_gateway.route_name
-    backends = module.serving_gateway.backend_services
   }
 }

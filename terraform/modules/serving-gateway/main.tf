@@ -29,8 +29,6 @@ locals {
     local.tls,
     local.listener_hostname,
   )
-
-  route_hostnames = length(var.hostnames) == 0 ? {} : { hostnames = var.hostnames }
 }
 
 resource "kubernetes_manifest" "gateway" {
@@ -49,56 +47,32 @@ resource "kubernetes_manifest" "gateway" {
   }
 }
 
-resource "kubernetes_manifest" "model_route" {
-  manifest = {
-    apiVersion = "gateway.networking.k8s.io/v1"
-    kind       = "HTTPRoute"
-    metadata = {
-      name      = var.route_name
-      namespace = var.namespace
-      labels    = local.labels
-    }
-    spec = merge(
-      {
-        parentRefs = [{
-          name        = kubernetes_manifest.gateway.manifest.metadata.name
-          sectionName = var.listener.name
-        }]
-        rules = [{
-          matches = [{
-            path = { type = "PathPrefix", value = "/" }
-          }]
-          backendRefs = [
-            {
-              name   = var.stable_service_name
-              port   = var.service_port
-              weight = var.traffic_weights.stable
-            },
-            {
-              name   = var.canary_service_name
-              port   = var.service_port
-              weight = var.traffic_weights.canary
-            },
-          ]
-        }]
-      },
-      local.route_hostnames,
-    )
-  }
+# The weighted HTTPRoute is not managed here: the deploy_model DAG's Kubernetes
+# deploy target creates it on its first deploy (parentRef = this Gateway and
+# listener, passed to Airflow by the environments) and owns it, weights included.
+#
+# Managing it here too made Terraform and the rollout fight over one object:
+# - every list in an HTTPRoute spec (parentRefs, hostnames, rules, backendRefs)
+#   is `+listType=atomic` in the Gateway API CRDs, so server-side apply gives
+#   one manager the whole `rules` list - a weight cannot be owned apart from it;
+# - kubernetes_manifest applies its whole manifest whenever it updates the
+#   object (computed_fields only hides values from the plan; the configured
+#   weights are still sent), and force_conflicts takes the list back;
+# - the deploy target lists only the backends that take traffic, so after any
+#   rollout step the live route differs from this manifest beyond the weights,
+#   every plan shows an update, and every apply reset a running canary to the
+#   baseline and named a canary Service that exists only during a rollout;
+# - lifecycle.ignore_changes does not help: it freezes the manifest to its
+#   prior value, which still holds the baseline rules, and is known not to
+#   stop kubernetes_manifest updates (provider issues #1378, #2410, #2665).
+#
+# A state that still holds the route from an earlier version of this module
+# forgets it here without deleting it (Terraform >= 1.7), so traffic keeps
+# flowing and the deploy target adopts the object on its next apply.
+removed {
+  from = kubernetes_manifest.model_route
 
-  # The deploy_model DAG moves the weights during a rollout. Declaring them
-  # computed stops a plan from reporting that as drift; an apply still writes
-  # the baseline back (force_conflicts), which sends traffic to stable - the
-  # safe direction.
-  computed_fields = [
-    "metadata.annotations",
-    "metadata.labels",
-    "spec.rules[0].backendRefs[0].weight",
-    "spec.rules[0].backendRefs[1].weight",
-  ]
-
-  field_manager {
-    name            = "terraform-driftloop"
-    force_conflicts = true
+  lifecycle {
+    destroy = false
   }
 }

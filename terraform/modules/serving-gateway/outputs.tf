@@ -4,24 +4,11 @@ output "gateway_name" {
 }
 
 output "namespace" {
-  description = "Namespace of the Gateway and its route (the serving namespace); Airflow's deploy target needs it with gateway_name."
+  description = "Namespace of the Gateway (the serving namespace, where the deploy target creates its route); Airflow's deploy target needs it with gateway_name."
   value       = kubernetes_manifest.gateway.manifest.metadata.namespace
 }
 
 output "listener_name" {
-  description = "Listener (sectionName) that routes attach to."
+  description = "Listener that routes attach to (their parentRef sectionName); the environments pass it to Airflow as DRIFTLOOP_SERVING__GATEWAY_LISTENER."
   value       = var.listener.name
-}
-
-output "route_name" {
-  description = "Name of the weighted HTTPRoute; the rollout's Kubernetes deploy target patches its backendRefs weights."
-  value       = kubernetes_manifest.model_route.manifest.metadata.name
-}
-
-output "backend_services" {
-  description = "Service names the route splits traffic between, by track."
-  value = {
-    stable = var.stable_service_name
-    canary = var.canary_service_name
-  }
 }

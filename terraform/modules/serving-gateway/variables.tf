@@ -43,58 +43,9 @@ variable "listener" {
     condition     = var.listener.port >= 1 && var.listener.port <= 65535
     error_message = "listener.port must be a valid TCP port."
   }
-}
-
-variable "route_name" {
-  type        = string
-  description = "Name of the weighted HTTPRoute the deploy_model DAG patches during a canary rollout."
-  default     = "driftloop-model"
-}
-
-variable "hostnames" {
-  type        = list(string)
-  description = "Host names the HTTPRoute answers; empty means every host the listener accepts."
-  default     = []
-}
-
-variable "stable_service_name" {
-  type        = string
-  description = "Service in front of the champion (stable) BentoML Deployment."
-  default     = "model-stable"
-}
-
-variable "canary_service_name" {
-  type        = string
-  description = "Service in front of the challenger (canary) BentoML Deployment."
-  default     = "model-canary"
-}
-
-variable "service_port" {
-  type        = number
-  description = "Port of the stable and canary Services (BentoML listens on 3000)."
-  default     = 3000
-}
-
-variable "traffic_weights" {
-  type = object({
-    stable = number
-    canary = number
-  })
-  description = "Baseline traffic split between stable and canary, in percent. Keep it at stable = 100 outside a rollout: the rollout DAG owns the weights while a canary runs, and an apply resets them to this baseline."
-  default = {
-    stable = 100
-    canary = 0
-  }
   validation {
-    condition     = var.traffic_weights.stable >= 0 && var.traffic_weights.stable <= 100 && var.traffic_weights.canary >= 0 && var.traffic_weights.canary <= 100
-    error_message = "Each traffic weight must be between 0 and 100."
-  }
-  validation {
-    condition     = var.traffic_weights.stable + var.traffic_weights.canary == 100
-    error_message = "traffic_weights.stable and traffic_weights.canary must sum to 100."
-  }
-  validation {
-    condition     = floor(var.traffic_weights.stable) == var.traffic_weights.stable && floor(var.traffic_weights.canary) == var.traffic_weights.canary
-    error_message = "Traffic weights must be whole numbers."
+    # a route names the listener as its parentRef sectionName (a DNS subdomain)
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", var.listener.name)) && length(var.listener.name) <= 253
+    error_message = "listener.name must be a lowercase DNS subdomain (it is the routes' parentRef sectionName)."
   }
 }
