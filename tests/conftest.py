@@ -27,6 +27,7 @@ os.environ.update(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
         "SPARK_LOCAL_IP": "127.0.0.1",
         "DRIFTLOOP_SPARK_SHUFFLE_PARTITIONS": "2",
+        "DRIFTLOOP_SPARK_DELTA_SNAPSHOT_PARTITIONS": "2",
         "DRIFTLOOP_SPARK_DRIVER_MEMORY": "2g",
         "DRIFTLOOP_SPARK_MASTER": "local[2]",
     }

@@ -438,7 +438,16 @@ class Settings(BaseSettings):
         "driver pod gets its pod IP.",
     )
     spark_shuffle_partitions: int = Field(
-        8, ge=1, description="Initial shuffle partitions; AQE coalesces them further."
+        32,
+        ge=1,
+        description="Initial shuffle partitions; AQE coalesces small ones. The feature job's three "
+        "sorts of 10M events ran about a sixth faster on local[2] with 32 than with 8.",
+    )
+    spark_delta_snapshot_partitions: int = Field(
+        8,
+        ge=1,
+        description="Partitions Delta replays a table's log with (Delta's default of 50 is sized for "
+        "clusters; small logs replay much faster with a handful).",
     )
     spark_job: SparkJobSettings = SparkJobSettings()
     s3_endpoint_url: str | None = Field(

@@ -268,6 +268,7 @@ def driver_env(settings: Settings) -> list[dict[str, Any]]:
         "DRIFTLOOP_SPARK_JARS_DIR": job.jars_dir,
         "DRIFTLOOP_SPARK_DRIVER_MEMORY": f"{job.driver_memory_mib}m",
         "DRIFTLOOP_SPARK_SHUFFLE_PARTITIONS": str(settings.spark_shuffle_partitions),
+        "DRIFTLOOP_SPARK_DELTA_SNAPSHOT_PARTITIONS": str(settings.spark_delta_snapshot_partitions),
         # the driver runs the job itself: it must never hand it on again
         "DRIFTLOOP_SPARK_JOB__RUNNER": "local",
         # spark-submit (started by PySpark) reads spark-defaults.conf from here

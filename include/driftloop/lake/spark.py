@@ -69,9 +69,7 @@ def _build_session(settings: Settings) -> SparkSession:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        # Delta's default of 50 snapshot partitions is sized for clusters; small local logs
-        # replay much faster with a handful
-        .config("spark.databricks.delta.snapshotPartitions", str(settings.spark_shuffle_partitions))
+        .config("spark.databricks.delta.snapshotPartitions", str(settings.spark_delta_snapshot_partitions))
         # loopback on this machine (and CI), which bind servers to 127.0.0.1 only
         .config("spark.driver.host", settings.spark_driver_host)
         .config("spark.driver.bindAddress", settings.spark_driver_host)
