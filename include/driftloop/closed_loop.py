@@ -9,6 +9,7 @@ with the demo's windows; the end-to-end test runs it with shorter ones.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -455,9 +456,12 @@ class ClosedLoop:
             raise LoopError("the drift retrain registered no version")
         version = str(candidate.version)
         if candidate.tags.get("driftloop.status") == "rejected":
+            # the gate records its reasons as a JSON list; a rollout or approval as driftloop.rejection
+            reasons = candidate.tags.get("driftloop.rejection") or "; ".join(
+                json.loads(candidate.tags.get("driftloop.reasons", "[]"))
+            )
             raise LoopError(
-                f"the gate rejected the drift retrain v{version}: "
-                f"{candidate.tags.get('driftloop.rejection', 'see the gate_model task log')}"
+                f"the gate rejected the drift retrain v{version}: {reasons or 'see the gate_model task log'}"
             )
         self.report.mark("challenger_registered")
         self.report.facts["retrained_version"] = version

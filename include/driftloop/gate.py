@@ -56,10 +56,15 @@ def decide(candidate: Evaluation, champion: Evaluation | None, gate: GateSetting
                 f"recall at {gate.fpr_budget:.1%} FPR {holdout['recall_at_fpr']:.4f} below the floor "
                 f"{gate.min_recall_at_fpr}"
             )
-        if holdout["calibration_error"] > gate.max_calibration_error:
+        # the ceiling guards against a regression: a candidate above it still passes when it is
+        # better calibrated than the champion on the same rows (drift can push both past it)
+        ece = holdout["calibration_error"]
+        champion_ece = champion.holdout.get("calibration_error") if champion is not None else None
+        improves = _defined(champion_ece) and ece < champion_ece
+        if ece > gate.max_calibration_error and not improves:
             reasons.append(
-                f"guardrail: calibration error {holdout['calibration_error']:.4f} above "
-                f"{gate.max_calibration_error}"
+                f"guardrail: calibration error {ece:.4f} above {gate.max_calibration_error}"
+                + (f" and not below the champion's {champion_ece:.4f}" if _defined(champion_ece) else "")
             )
     if candidate.latency_p99_ms > gate.latency_budget_ms:
         reasons.append(

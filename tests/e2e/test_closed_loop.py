@@ -28,15 +28,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 @pytest.fixture(scope="module")
 def loop_run(tmp_path_factory):
     """One run of the loop; the tests below read what it left behind."""
-    base = Settings(
-        data_dir=tmp_path_factory.mktemp("closed-loop") / "data",
-        # loose floors and latency budget: the gate's logic is unit-tested; here tasks share 2 cores
-        gate={"latency_budget_ms": 500.0, "min_pr_auc": 0.05, "min_recall_at_fpr": 0.0},
-    )
+    base = Settings(data_dir=tmp_path_factory.mktemp("closed-loop") / "data")
     settings = loop_settings(base, analysis_interval_s=6.0)
     settings = settings.model_copy(
         update={
             "training": settings.training.model_copy(update={"n_trials": 4, "max_boost_rounds": 80}),
+            # loose floors and latency budget, over the loop's gate: the gate's logic is unit-tested;
+            # here tasks share 2 cores
+            "gate": settings.gate.model_copy(
+                update={"latency_budget_ms": 500.0, "min_pr_auc": 0.05, "min_recall_at_fpr": 0.0}
+            ),
             # its own splitter port: a demo or `make up` may hold the default one
             "serving": settings.serving.model_copy(update={"splitter_port": free_port()}),
         }
