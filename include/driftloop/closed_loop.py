@@ -80,8 +80,10 @@ def loop_settings(
                 steps=(10, 50, 100),
                 analysis_interval_s=analysis_interval_s,
                 min_requests=60,
+                # at ~6 canary requests a second, the 10 % step's p99 rests on its 2 slowest of 200
+                min_latency_requests=200,
                 latency_slack_ms=25.0,
-                max_windows_per_step=6,
+                max_windows_per_step=10,
             ),
             "monitoring": section("monitoring", window_minutes=window_minutes, watch_poll_seconds=4.0),
             "loop": section("loop", cooldown_minutes=60, max_retrains_per_day=3, breach_poll_seconds=2.0),

@@ -228,6 +228,12 @@ class RolloutSettings(BaseModel):
     latency_slack_ms: float = Field(
         10.0, ge=0, description="p99 differences below this many ms never fail a step (timer noise)."
     )
+    min_latency_requests: int = Field(
+        300,
+        ge=100,
+        description="Canary requests before its p99 is judged (300: the p99 rests on its 3 slowest); "
+        "earlier a step fails on latency only when more than 1% of this many are already too slow.",
+    )
     # measured here, noise-corrected over 20 score bins: two honest retrains 0.0-0.3 per window,
     # a model trained on shuffled labels 1.0-2.0
     max_score_psi: float = Field(

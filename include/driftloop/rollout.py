@@ -77,6 +77,8 @@ class WindowStats:
     errors: float
     p99_ms: float | None
     score_counts: tuple[float, ...]  # per score bucket (not cumulative), last bucket is (b, 1]
+    # cumulative (upper bound in s, count) pairs; not kept in a rollout's recorded stable reference
+    latency_buckets: tuple[tuple[float, float], ...] = field(default=(), repr=False, compare=False)
 
     @property
     def error_rate(self) -> float:
@@ -85,6 +87,22 @@ class WindowStats:
     @property
     def scored(self) -> float:
         return sum(self.score_counts)
+
+    def surely_slower_than(self, limit_ms: float) -> float:
+        """Requests certainly slower than ``limit_ms``: those above the first bucket bound at or over it."""
+        for bound, cumulative in self.latency_buckets:
+            if bound * 1000 >= limit_ms:
+                return self.requests - cumulative
+        return 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """What a rollout records of stable's window: enough to judge a later canary against it."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "p99_ms": self.p99_ms,
+            "score_counts": list(self.score_counts),
+        }
 
 
 def _per_bucket(cumulative: Mapping[float, float]) -> tuple[float, ...]:
@@ -127,6 +145,7 @@ def window_stats(delta: MetricsSnapshot) -> WindowStats:
         errors=delta.errors,
         p99_ms=None if p99 is None else p99 * 1000,
         score_counts=_per_bucket(delta.score_buckets),
+        latency_buckets=tuple(sorted(delta.latency_buckets.items())),
     )
 
 
@@ -174,9 +193,11 @@ def judge(
 ) -> Verdict:
     """Compare the canary's window with stable's (or with stable's last baseline at 100 %).
 
-    ``fail`` as soon as the evidence is conclusive — errors so many that even a clean rest of
-    the window could not pass fail it before ``min_requests`` arrive; ``wait`` while there is
-    too little traffic; ``pass`` otherwise.
+    ``fail`` as soon as the evidence is conclusive — errors (or requests slower than the p99
+    limit) so many that even a clean rest of the window could not pass fail it before the
+    minimum traffic arrives; ``wait`` while there is too little traffic for a check; ``pass``
+    otherwise. A p99 is judged only over ``min_latency_requests``: over fewer it is one or two
+    requests, and a cold or descheduled one would decide the step.
     """
     metrics: dict[str, Any] = {
         "canary_requests": canary.requests,
@@ -193,19 +214,34 @@ def judge(
             f"exceeds {rules.max_error_rate:.2%}"
         )
         return Verdict("fail", tuple(reasons), metrics)
+    latency_pending = None
+    if stable is not None and stable.p99_ms is not None and canary.p99_ms is not None:
+        limit = max(stable.p99_ms * rules.max_latency_ratio, stable.p99_ms + rules.latency_slack_ms)
+        metrics["p99_limit_ms"] = round(limit, 3)
+        slow = canary.surely_slower_than(limit)
+        metrics["canary_slower_than_limit"] = slow
+        # more than 1% of the judged sample already over the limit: its p99 cannot come in under
+        if slow > 0.01 * max(canary.requests, rules.min_latency_requests):
+            reasons.append(
+                f"p99 latency {canary.p99_ms:.1f} ms exceeds {limit:.1f} ms (stable "
+                f"{stable.p99_ms:.1f}): {slow:.0f} of {canary.requests:.0f} canary requests slower"
+            )
+            return Verdict("fail", tuple(reasons), metrics)
+        if canary.requests < rules.min_latency_requests:
+            latency_pending = (
+                f"{canary.requests:.0f} of {rules.min_latency_requests} canary requests before its p99 "
+                f"({canary.p99_ms:.1f} ms, limit {limit:.1f}) is judged"
+            )
+        elif canary.p99_ms > limit:
+            reasons.append(
+                f"p99 latency {canary.p99_ms:.1f} ms exceeds {limit:.1f} ms (stable {stable.p99_ms:.1f})"
+            )
     if canary.requests < rules.min_requests:
         return Verdict(
             "wait",
             (f"{canary.requests:.0f} of {rules.min_requests} canary requests so far",),
             metrics,
         )
-    if stable is not None and stable.p99_ms is not None and canary.p99_ms is not None:
-        limit = max(stable.p99_ms * rules.max_latency_ratio, stable.p99_ms + rules.latency_slack_ms)
-        metrics["p99_limit_ms"] = round(limit, 3)
-        if canary.p99_ms > limit:
-            reasons.append(
-                f"p99 latency {canary.p99_ms:.1f} ms exceeds {limit:.1f} ms (stable {stable.p99_ms:.1f})"
-            )
     if stable is not None and stable.scored and canary.scored:
         raw = psi(stable.score_counts, canary.score_counts)
         score_psi = max(0.0, raw - psi_noise(stable.score_counts, canary.score_counts))
@@ -226,7 +262,11 @@ def judge(
                 cv, sv = getattr(c, name), getattr(s, name)
                 if cv is not None and sv is not None and sv - cv > drop:
                     reasons.append(f"online {name} {cv:.3f} trails stable's {sv:.3f} by more than {drop}")
-    return Verdict("fail" if reasons else "pass", tuple(reasons), metrics)
+    if reasons:
+        return Verdict("fail", tuple(reasons), metrics)
+    if latency_pending:
+        return Verdict("wait", (latency_pending,), metrics)
+    return Verdict("pass", (), metrics)
 
 
 def labelled_stats(
@@ -534,7 +574,7 @@ class Rollout:
         versions = {v: deltas[v].model_version for v in ("stable", "canary") if deltas[v].model_version}
         labelled = labelled_stats(self.settings, versions, since)
         verdict = judge(canary, stable if stable.requests else None, self.rules, labelled)
-        verdict.metrics["stable_window"] = asdict(stable)
+        verdict.metrics["stable_window"] = stable.summary()
         return verdict
 
     def record_window(self, state: RolloutRecord, verdict: Verdict, window: int, actor: str) -> RolloutRecord:

@@ -187,3 +187,26 @@ def test_online_precision_and_recall_join_the_prediction_log_with_late_labels(se
     assert "canary" not in labelled_stats(
         settings, {"stable": "1", "canary": "3"}, now - timedelta(minutes=5)
     )
+
+
+def _latencies(fast: int, slow: int, slow_s: float = 0.04) -> np.ndarray:
+    return np.concatenate([np.random.default_rng(3).uniform(0.002, 0.004, fast), np.full(slow, slow_s)])
+
+
+def test_a_p99_over_too_few_requests_waits_instead_of_failing_on_one_cold_request():
+    # 150 requests, 2 slow (a cold first request, one descheduled): their p99 is those two
+    few = _window(requests=152, latency_s=_latencies(150, 2))
+    assert few.p99_ms > 30
+    verdict = judge(few, _window(), RULES)
+    assert verdict.outcome == "wait"
+    assert "before its p99" in verdict.reasons[0]
+    # the same two among 400: judged, and within the limit
+    assert judge(_window(requests=402, latency_s=_latencies(400, 2)), _window(), RULES).outcome == "pass"
+
+
+def test_a_canary_already_too_slow_for_any_full_sample_fails_before_it():
+    # 5 of 40 over the limit: more than 1% of the 300 the p99 would be judged over
+    verdict = judge(_window(requests=40, latency_s=_latencies(35, 5)), _window(), RULES)
+    assert verdict.outcome == "fail"
+    assert "5 of 40 canary requests slower" in verdict.reasons[0]
+    assert judge(_window(requests=400, latency_s=_latencies(380, 20)), _window(), RULES).outcome == "fail"
