@@ -130,6 +130,8 @@ class ClosedLoop:
     :param trigger: makes a REST call that starts a DAG run (dag id, conf) → run id; the stack's own
         by default, the official client's in the end-to-end test.
     :param echo: where the narration goes.
+    :param drill: end with the forced slow candidate that must roll back (the loop benchmark,
+        which measures the drift path only, leaves it out).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class ClosedLoop:
         trigger: Callable[[str, Mapping[str, Any]], str] | None = None,
         echo: Callable[[str], None] = print,
         traffic_rate: float = 60.0,
+        drill: bool = True,
     ) -> None:
         from driftloop.simulator import SimulationConfig
 
@@ -150,6 +153,7 @@ class ClosedLoop:
         self.trigger = trigger or (lambda dag_id, conf: stack.trigger(dag_id, conf))
         self.echo = echo
         self.traffic_rate = traffic_rate
+        self.drill = drill
         self.report = LoopReport()
         now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         batches = BASELINE_BATCHES + DRIFT_BATCHES
@@ -243,7 +247,8 @@ class ClosedLoop:
             drifted = self._inject_drift(target)
             self._drift_detected(champion)
             new_champion = self._retrain_and_canary(champion)
-            self._bad_candidate(new_champion)
+            if self.drill:
+                self._bad_candidate(new_champion)
             self.report.facts["traffic"] = self._stop_traffic()
             self.report.facts["drifted_rows"] = drifted
             return self.report

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from driftloop.closed_loop import ClosedLoop, loop_settings, loop_stack
+from driftloop.closed_loop import ClosedLoop, LoopError, loop_settings, loop_stack
 from driftloop.config import Settings
 from driftloop.dataset import load_dataset_spec
 
@@ -36,14 +36,20 @@ STAGES = (
 
 def run(echo: Callable[[str], None], rounds: int = 3) -> list[dict]:
     spec = load_dataset_spec()
-    marks = []
+    marks, failures = [], []
     for round_ in range(rounds):
         with tempfile.TemporaryDirectory(prefix="driftloop-bench-loop-") as scratch:
             settings = loop_settings(Settings(data_dir=Path(scratch) / "data"))
             with loop_stack(settings, echo) as stack:
-                report = ClosedLoop(settings, spec, stack, echo=echo).run()
-            marks.append(report.marks)
-            rounded = {k: round(v, 1) for k, v in report.marks.items()}
+                loop = ClosedLoop(settings, spec, stack, echo=echo, drill=False)
+                try:
+                    loop.run()
+                except LoopError as exc:
+                    # a round that stopped early still times the stages it reached; say why
+                    failures.append(f"round {round_ + 1}: {exc}")
+                    echo(f"round {round_ + 1}/{rounds} stopped: {exc}")
+            marks.append(loop.report.marks)
+            rounded = {k: round(v, 1) for k, v in loop.report.marks.items()}
             echo(f"round {round_ + 1}/{rounds}: {json.dumps(rounded)}")
     rows = []
     for label, first, last, target in STAGES:
@@ -55,6 +61,12 @@ def run(echo: Callable[[str], None], rounds: int = 3) -> list[dict]:
                 "runs_s": seconds,
                 "target_s": target,
                 "rounds": rounds,
+                "failures": failures,
+                # per round: how its canary ended (a median over fewer rounds than run says why)
+                "outcomes": [
+                    "promoted" if "promoted" in m else "rolled_back" if "rolled_back" in m else "stopped"
+                    for m in marks
+                ],
             }
         )
     RESULTS.mkdir(exist_ok=True)
@@ -71,4 +83,8 @@ def summary(rows: list[dict]) -> str:
         if row["target_s"] is not None and row["median_s"] is not None:
             target += " (met)" if row["median_s"] <= row["target_s"] else " (not met)"
         lines.append(f"| {row['stage']} | {median} | {runs} | {target} |")
+    if rows:
+        lines.append("")
+        lines.append(f"canaries per round: {', '.join(rows[0].get('outcomes', []))}")
+        lines.extend(f"- {failure}" for failure in rows[0].get("failures", []))
     return "\n".join(lines)
