@@ -246,8 +246,13 @@ class ModelService:
         # the booster's first predictions allocate its buffers and thread state (a cold first
         # request took ~30 ms more here); pay that before /readyz lets traffic in, unlogged
         blank = {feature: None for feature in row_scorer.features}
-        for rows in ([blank], [blank] * 8, [blank]):
-            row_scorer.score(rows)
+        try:
+            for rows in ([blank], [blank] * 8, [blank]):
+                row_scorer.score(rows)
+        except Exception as exc:
+            # serve anyway: its requests fail with the same error, are counted, and a canary
+            # of it is rolled back on its error rate; only the warm-up is lost
+            self.log.warning("serving.warmup_failed", error=f"{type(exc).__name__}: {exc}")
         self.scorer = row_scorer
         SERVED.service, SERVED.version, SERVED.metrics = self, version, metrics
         self.log.info("serving.model_loaded", features=len(self.scorer.features))
