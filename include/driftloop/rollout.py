@@ -104,6 +104,11 @@ class WindowStats:
             "score_counts": list(self.score_counts),
         }
 
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> WindowStats:
+        """The window :meth:`summary` recorded."""
+        return cls(summary["requests"], summary["errors"], summary["p99_ms"], tuple(summary["score_counts"]))
+
 
 def _per_bucket(cumulative: Mapping[float, float]) -> tuple[float, ...]:
     """Prometheus cumulative ``le`` buckets → counts per bucket, ordered by bound."""
@@ -565,12 +570,7 @@ class Rollout:
         reference = (state.details.get("stable_reference") if state else None) or None
         if stable.requests < self.rules.min_requests and reference:
             # at 100 % stable serves nothing: judge against its last well-fed window
-            stable = WindowStats(
-                reference["requests"],
-                reference["errors"],
-                reference["p99_ms"],
-                tuple(reference["score_counts"]),
-            )
+            stable = WindowStats.from_summary(reference)
         versions = {v: deltas[v].model_version for v in ("stable", "canary") if deltas[v].model_version}
         labelled = labelled_stats(self.settings, versions, since)
         verdict = judge(canary, stable if stable.requests else None, self.rules, labelled)
