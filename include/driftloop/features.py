@@ -7,6 +7,7 @@ a feature row can never leak the future; training sets pin the Delta versions th
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -186,7 +187,6 @@ def build_features(spark: SparkSession, settings: Settings, spec: DatasetSpec) -
     windows they fall into are recomputed, then MERGEd on the event id. The bronze version
     is committed with the MERGE, so a rerun for the same bronze version writes nothing.
     """
-    from delta.tables import DeltaTable as SparkDeltaTable
     from pyspark.sql import functions as F
 
     bronze_uri, features_uri = settings.table_uri(tables.BRONZE_EVENTS), settings.table_uri(tables.FEATURES)
@@ -240,27 +240,35 @@ def build_features(spark: SparkSession, settings: Settings, spec: DatasetSpec) -
             affected.write.format("delta")
             .option("userMetadata", metadata)
             .option("delta.dataSkippingStatsColumns", stats_columns)
-            .mode("errorifexists")
+            .mode("error")  # "errorifexists" in classic Spark only
             .save(features_uri)
         )
     else:
+        # MERGE in SQL rather than through delta.tables.DeltaTable: the same statement runs on a
+        # local session and on a Spark Connect server (which would need Delta's Connect plugin,
+        # not published on Maven Central, for the DeltaTable API)
+        view = f"driftloop_features_update_{uuid.uuid4().hex}"
+        affected.createOrReplaceTempView(view)
         spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", metadata)
         try:
-            (
-                SparkDeltaTable.forPath(spark, features_uri)
-                .alias("t")
-                .merge(affected.alias("s"), f"t.`{spec.event_id}` = s.`{spec.event_id}`")
-                .whenMatchedUpdateAll()
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
+            spark.sql(
+                f"MERGE INTO delta.{_quoted(features_uri)} AS t USING {view} AS s "
+                f"ON t.{_quoted(spec.event_id)} = s.{_quoted(spec.event_id)} "
+                "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+            ).collect()
         finally:
             spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+            spark.catalog.dropTempView(view)
     version = _table_version(settings, tables.FEATURES)
     merged = _rows_written(settings)
     report = FeatureRunReport(current, version, previous, new_events, merged, False)
     log.info("features.done", **report.as_dict())
     return report
+
+
+def _quoted(identifier: str) -> str:
+    """A Spark SQL identifier (a column, or a table path after ``delta.``) in backquotes."""
+    return "`" + identifier.replace("`", "``") + "`"
 
 
 def _rows_written(settings: Settings) -> int:
@@ -277,6 +285,9 @@ def spark_to_pandas(frame: DataFrame) -> pd.DataFrame:
     from pyspark.sql.types import TimestampType
 
     result = frame.toPandas()
+    # Spark Connect attaches its query metrics here; pandas would try to write them as JSON
+    # with the frame (to_parquet), and no caller wants them
+    result.attrs.clear()
     for field in frame.schema.fields:
         if isinstance(field.dataType, TimestampType) and result[field.name].dt.tz is None:
             result[field.name] = result[field.name].dt.tz_localize("UTC")
