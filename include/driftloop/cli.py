@@ -105,6 +105,19 @@ def features(
     typer.echo(json.dumps(report.as_dict(), indent=2))
 
 
+@app.command("spark-server")
+def spark_server(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="gRPC port clients connect to.")] = 15002,
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback unless you mean it).")] = "127.0.0.1",
+) -> None:
+    """Run a Spark Connect server until Ctrl-C: tasks with DRIFTLOOP_SPARK_REMOTE=sc://HOST:PORT
+    run their Spark work on its warm JVM instead of starting one each (the embedded stack starts
+    its own)."""
+    from driftloop.lake.spark_connect import serve
+
+    serve(_settings(), host, port)
+
+
 registry_app = typer.Typer(help="The model registry: aliases and their history.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 

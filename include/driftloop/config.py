@@ -460,6 +460,13 @@ class Settings(BaseSettings):
         description="Partitions Delta replays a table's log with (Delta's default of 50 is sized for "
         "clusters; small logs replay much faster with a handful).",
     )
+    spark_remote: str | None = Field(
+        None,
+        pattern=r"^sc://[^/\s]+(/.*)?$",
+        description="Spark Connect URL (sc://host:port) of a long-lived Spark server that tasks run "
+        "their Spark work on (the embedded stack starts one); None: each process starts its own "
+        "session on spark_master, paying a cold JVM (10-40 s here) every task.",
+    )
     spark_job: SparkJobSettings = SparkJobSettings()
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (e.g. a local object store); None: AWS."

@@ -1,7 +1,8 @@
 """The embedded Airflow stack: Airflow 3's four components as local processes on 127.0.0.1.
 
 It owns the Airflow home under the data folder (metadata DB, secrets, users, logs), starts and
-stops the processes, waits for health, and speaks the REST API (token, trigger, unpause, wait).
+stops the processes (and the Spark Connect server its tasks share), waits for health, and speaks
+the REST API (token, trigger, unpause, wait).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from driftloop.config import Settings, get_settings
+from driftloop.lake.spark_connect import SparkConnectServer
 from driftloop.processes import LOOPBACK, free_port, log_tail, port_is_free, stop_process_tree
 
 # the simple auth manager's users: name -> role (the role names are Airflow's own)
@@ -130,6 +132,9 @@ class AirflowStack:
         leaving only manual (REST) runs: unpausing a DAG with ``catchup=False`` otherwise starts
         a run for its latest cron tick at once.
     :param dags_folder: the DAG files; the checkout's ``dags/`` by default.
+    :param spark_server: run a Spark Connect server beside Airflow and point the tasks at it
+        (``DRIFTLOOP_SPARK_REMOTE``), so a Spark task finds a warm JVM instead of starting one;
+        None: only when the settings name no server of their own (``spark_remote``).
     :param start_timeout: seconds to wait for every component to report healthy.
     :param echo: where progress lines go (stderr by default).
     """
@@ -142,10 +147,12 @@ class AirflowStack:
         parallelism: int = 4,
         job_schedules: bool = True,
         dags_folder: Path | None = None,
+        spark_server: bool | None = None,
         start_timeout: float = 300.0,
         echo: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        self.spark_server = self.settings.spark_remote is None if spark_server is None else spark_server
         self.home = self.settings.data_dir / "airflow"
         self.logs = self.home / "logs-stack"
         self.port = port
@@ -155,6 +162,7 @@ class AirflowStack:
         self.start_timeout = start_timeout
         self._echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
         self._running: list[_Running] = []
+        self._spark: SparkConnectServer | None = None
         self._passwords: dict[str, str] = {}
         self._secrets: dict[str, str] = {}
         self._tokens: dict[str, str] = {}
@@ -202,13 +210,21 @@ class AirflowStack:
                 "process or choose another port"
             )
         self._prepare_home()
-        env = self._environment()
         try:
+            if self.spark_server:
+                # its JVM starts while Airflow migrates and starts; the tasks get its URL
+                self._spark = SparkConnectServer(self.settings, self.logs / "spark-connect.log")
+                self._spark.launch(self._environment())
+                self.settings = self.settings.model_copy(update={"spark_remote": self._spark.url})
+            env = self._environment()
             self._migrate(env)
             _create_mlflow_store(self.settings)
             for component in self._components():
                 self._launch(component, env)
             self._wait_healthy(began)
+            if self._spark is not None:
+                self._spark.wait_ready()
+                self._echo(f"spark: Spark Connect server ready at {self._spark.url}")
         except BaseException:
             self.stop()
             raise
@@ -229,10 +245,17 @@ class AirflowStack:
             with ThreadPoolExecutor(max_workers=max(len(group), 1)) as pool:
                 list(pool.map(lambda running: stop_process_tree(running.process, _STOP_TIMEOUT), group))
         self._running.clear()
+        # last: until the scheduler and its tasks are gone, a task may still be using it
+        if self._spark is not None:
+            self._spark.stop()
+            self._spark = None
 
     def exited(self) -> dict[str, Path]:
         """Components that have stopped on their own: name -> its log file."""
-        return {r.component.name: r.log for r in self._running if r.process.poll() is not None}
+        exited = {r.component.name: r.log for r in self._running if r.process.poll() is not None}
+        if self._spark is not None and not self._spark.running():
+            exited["spark-connect"] = self._spark.log_path
+        return exited
 
     # -- setup ----------------------------------------------------------------------------------
 

@@ -1,15 +1,21 @@
 """The Spark session factory: one Delta-enabled session per process, configured from settings.
 
-A cold JVM costs 10-40 s here, so every caller (feature jobs, tests) shares the same session.
+A cold JVM costs 10-40 s here, so every caller (feature jobs, tests) shares the same session, and
+with ``spark_remote`` set that session is a Spark Connect client of a server that stays warm
+between tasks (:mod:`driftloop.lake.spark_connect`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from driftloop.config import Settings, get_settings
 from driftloop.log import get_logger
@@ -21,6 +27,9 @@ log = get_logger(__name__)
 
 _lock = threading.Lock()
 _session: SparkSession | None = None
+
+DEFAULT_CONNECT_PORT = 15002  # Spark Connect's own default
+CONNECT_PROBE_TIMEOUT_S = 5.0
 
 _DELTA_JARS = ("delta-spark_", "delta-storage-", "delta-kernel-", "unitycatalog-")
 _S3A_JARS = ("hadoop-aws-", "bundle-", "analyticsaccelerator-s3-", "wildfly-openssl-")
@@ -44,7 +53,8 @@ def spark_jars(settings: Settings) -> list[Path]:
     return chosen
 
 
-def _build_session(settings: Settings) -> SparkSession:
+def _build_session(settings: Settings, extra_conf: dict[str, str] | None = None) -> SparkSession:
+    """A classic session with its JVM in this process; ``extra_conf`` adds settings (a server's)."""
     from pyspark.sql import SparkSession
 
     # bind the driver before the JVM starts: to loopback here (servers listen on 127.0.0.1 only),
@@ -80,6 +90,8 @@ def _build_session(settings: Settings) -> SparkSession:
             f"-Dderby.system.home={settings.data_dir / 'derby'} -Dlog4j2.level=warn",
         )
     )
+    for key, value in (extra_conf or {}).items():
+        builder = builder.config(key, value)
     if settings.lake_uri.startswith("s3a://"):
         builder = builder.config(
             "spark.hadoop.fs.s3a.aws.credentials.provider",
@@ -98,22 +110,71 @@ def _build_session(settings: Settings) -> SparkSession:
     return session
 
 
+def _connect_session(settings: Settings) -> SparkSession:
+    """A Spark Connect client session of the server at ``settings.spark_remote``."""
+    from pyspark.sql import SparkSession
+
+    assert settings.spark_remote is not None
+    # the client retries an unreachable server with backoff for minutes: look first, fail at once
+    address = urlparse(settings.spark_remote)
+    host, port = address.hostname or "localhost", address.port or DEFAULT_CONNECT_PORT
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        raise SparkSetupError(
+            f"no Spark Connect server listens at {settings.spark_remote} ({error}): start one with "
+            "`driftloop spark-server` (the embedded stack starts its own), or unset "
+            "DRIFTLOOP_SPARK_REMOTE to run Spark in this process"
+        ) from error
+    try:
+        session = SparkSession.builder.remote(settings.spark_remote).getOrCreate()
+        # the first call opens the channel: an unreachable server fails here, not mid-job
+        session.conf.get("spark.sql.session.timeZone")
+    except Exception as error:
+        raise SparkSetupError(
+            f"the Spark Connect server at {settings.spark_remote} did not answer "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); its "
+            "log says why (the embedded stack's is <airflow home>/logs-stack/spark-connect.log)"
+        ) from error
+    # the server releases a session's temp views and settings when its client says goodbye
+    atexit.register(stop_spark)
+    return session
+
+
+def _usable(session: SparkSession) -> bool:
+    """False once the session is stopped: its JVM gone, or its channel to the server closed."""
+    if type(session).__module__.startswith("pyspark.sql.connect"):
+        return not session.is_stopped
+    return session.sparkContext._jsc is not None
+
+
 def get_spark(settings: Settings | None = None) -> SparkSession:
-    """The process-wide Delta-enabled Spark session, created on first use."""
+    """The process-wide Delta-enabled Spark session, created on first use.
+
+    With ``spark_remote`` set it is a Spark Connect session of that long-lived server (its JVM
+    is already warm: no start-up, Delta logs and JIT-compiled code cached); otherwise a local
+    session on ``spark_master`` whose JVM runs in this process.
+    """
     global _session
     with _lock:
-        if _session is None or _session.sparkContext._jsc is None:
+        if _session is None or not _usable(_session):
             settings = settings or get_settings()
-            log.info("spark.starting", master=settings.spark_master)
-            _session = _build_session(settings)
-            log.info("spark.started", version=_session.version)
+            if settings.spark_remote:
+                log.info("spark.connecting", remote=settings.spark_remote)
+                _session = _connect_session(settings)
+                log.info("spark.connected", remote=settings.spark_remote, version=_session.version)
+            else:
+                log.info("spark.starting", master=settings.spark_master)
+                _session = _build_session(settings)
+                log.info("spark.started", version=_session.version)
         return _session
 
 
 def stop_spark() -> None:
-    """Stop the process-wide session (tests and CLI exit)."""
+    """Stop the process-wide session (tests and CLI exit); a Connect session only lets go of the server."""
     global _session
     with _lock:
         if _session is not None:
-            _session.stop()
+            with contextlib.suppress(Exception):  # a server already gone has nothing to release
+                _session.stop()
             _session = None
