@@ -97,9 +97,12 @@ class DriftBreachTrigger(BaseTrigger):
 
 
 class DriftBreachSensor(BaseSensorOperator):
-    """Wait, deferred in the triggerer, for a drift breach of the serving version; returns the breach.
+    """Wait, deferred in the triggerer, for a drift breach of the serving version; then decide it
+    under the guard rails and, on a retrain, emit this task's outlet (the drift Asset) with the breach.
 
-    No breach within ``timeout_seconds`` skips the task (and what follows): nothing drifted.
+    Deciding here rather than in a downstream task saves a task hand-off (a scheduler loop and a
+    task process) between the breach and the retrain. A breach the guard rails hold back, or no
+    breach within ``timeout_seconds``, skips the task: no Asset event, no retrain.
 
     :param poll_seconds: seconds between reads of the drift results.
     :param timeout_seconds: how long one run waits for a breach.
@@ -119,10 +122,17 @@ class DriftBreachSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        from driftloop.config import get_settings
+        from driftloop.loop import Breach, decide_breach
+
         if event.get("status") != "breach":
             raise AirflowSkipException(f"no drift breach in {float(self.timeout_seconds) / 60:g} min")
-        breach = event["breach"]
-        self.log.info(
-            "drift breach %s: %s (report %s)", breach["breach_id"], breach["reason"], breach["report_uri"]
-        )
-        return breach
+        found = Breach.from_dict(event["breach"])
+        self.log.info("drift breach %s: %s (report %s)", found.breach_id, found.reason, found.report_uri)
+        # recorded once: a retry of this task gets the same decision back
+        decision = decide_breach(get_settings(), found, context["dag_run"].run_id, datetime.now(UTC))
+        if not decision.retrain:
+            raise AirflowSkipException(f"breach {found.breach_id} recorded, no retrain: {decision.reason}")
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra = found.as_dict()
+        return {"breach_id": found.breach_id, "outcome": decision.outcome, "reason": found.reason}
