@@ -48,7 +48,9 @@ def loop_settings(
 
     Only drift (and REST) starts a retrain — no features trigger, no cron backstop, which would
     also fire when the DAG is unpaused — so the retrain the loop shows is the drift's; one
-    automatic retrain per run of the loop (cooldown); a short canary ladder analysis window.
+    automatic retrain per run of the loop (cooldown); a short canary ladder analysis window; the
+    triggerer's watchers (landing files, prediction log, drift results) look every second, as
+    each look is a cheap listing or Delta log read and each is a hop of the drift path.
     """
 
     def section(name: str, **update: Any) -> Any:
@@ -56,7 +58,7 @@ def loop_settings(
 
     return base.model_copy(
         update={
-            "landing_poll_seconds": 2.0,
+            "landing_poll_seconds": 1.0,
             "training": section(
                 "training",
                 retrain_on_features=False,
@@ -85,8 +87,8 @@ def loop_settings(
                 latency_slack_ms=25.0,
                 max_windows_per_step=10,
             ),
-            "monitoring": section("monitoring", window_minutes=window_minutes, watch_poll_seconds=4.0),
-            "loop": section("loop", cooldown_minutes=60, max_retrains_per_day=3, breach_poll_seconds=2.0),
+            "monitoring": section("monitoring", window_minutes=window_minutes, watch_poll_seconds=1.0),
+            "loop": section("loop", cooldown_minutes=60, max_retrains_per_day=3, breach_poll_seconds=1.0),
             "serving": section("serving", log_flush_seconds=1.0),
         }
     )
@@ -388,8 +390,12 @@ class ClosedLoop:
         self.say(f"landing {DRIFT_BATCHES} drifted batches (covariate shift: amounts ×2.5, wider spread)")
         self._land(range(BASELINE_BATCHES, BASELINE_BATCHES + DRIFT_BATCHES))
         self.report.mark("drift_landed")
+        self.report.facts["drift_landed_at"] = datetime.now(UTC)
         self.report.facts["drift_starts"] = self.drift_starts
-        self.wait("ingest_events and build_features over the drifted batches", self._featurized, 600)
+        # short polls on the path the loop-latency target times: the driver is one of its hops
+        self.wait(
+            "ingest_events and build_features over the drifted batches", self._featurized, 600, poll=0.5
+        )
         self.report.mark("drift_featurized")
         rows = self._rows(since=self.drift_starts)
         self._start_traffic(target, rows)
@@ -429,8 +435,12 @@ class ClosedLoop:
             "watch_drift to emit a driftloop.drift Asset event",
             lambda: (self._asset_events("driftloop.drift") or [])[before:],
             300,
+            poll=0.5,
         )
         self.report.mark("drift_event")
+        self.report.facts["drift_chain"] = self._task_timeline(
+            self.report.facts["drift_landed_at"], datetime.fromisoformat(events[-1]["timestamp"])
+        )
         extra = events[-1].get("extra") or {}
         self.report.facts["drift_event"] = extra
         drifted = extra.get("drifted_features", [])
@@ -440,6 +450,40 @@ class ClosedLoop:
             f"score drifted: {extra.get('score_drifted')} (PSI {extra.get('score_psi') or 0:.2f})"
         )
         self.say(f"  report: {extra.get('report_uri')}")
+
+    def _task_timeline(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """Every task that ran between ``since`` and ``until``, in seconds after ``since``: when its
+        run was due, when it was queued, started and ended — where the loop's time went."""
+        body = self.stack.request(
+            "GET",
+            "/api/v2/dags/~/dagRuns/~/taskInstances",
+            params={
+                "end_date_gte": since.isoformat(),
+                "start_date_lte": until.isoformat(),
+                "order_by": "start_date",
+                "limit": 200,
+            },
+        )
+
+        def offset(value: str | None) -> float | None:
+            return (
+                None if value is None else round((datetime.fromisoformat(value) - since).total_seconds(), 1)
+            )
+
+        return [
+            {
+                "dag_id": ti["dag_id"],
+                "task_id": ti["task_id"],
+                "run_id": ti["dag_run_id"],
+                "state": ti["state"],
+                "run_after": offset(ti.get("run_after")),
+                "queued": offset(ti.get("queued_when")),
+                "start": offset(ti.get("start_date")),
+                "end": offset(ti.get("end_date")),
+            }
+            for ti in body["task_instances"]
+            if ti["dag_id"] in LOOP_DAGS
+        ]
 
     def _drift_runs(self) -> list[dict]:
         body = self.stack.request(
