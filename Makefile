@@ -40,10 +40,10 @@ $(TOOLS_SYNCED): terraform/requirements-tools.lock | $(BIN)/python
 	$(TOOLS)/bin/uv pip sync --python $(TOOLS)/bin/python terraform/requirements-tools.lock
 	@touch $@
 
-services: ## install the servers integration tests start: PostgreSQL binaries, versitygw (S3) in .tools/bin, nginx in .tools/nginx, headless Chromium in .tools/chromium; the docker client + compose plugin (compose file checks) in .tools/docker
+services: ## install the servers integration tests start: PostgreSQL binaries, versitygw (S3) in .tools/bin, HAProxy in .tools/haproxy, headless Chromium in .tools/chromium; the docker client + compose plugin (compose file checks) in .tools/docker
 	@bash include/ops/install-postgres.sh
 	@bash include/ops/install-object-store.sh
-	@bash include/ops/install-nginx.sh
+	@bash include/ops/install-haproxy.sh
 	@bash include/ops/install-chromium.sh
 	@bash include/ops/install-docker-cli.sh
 
