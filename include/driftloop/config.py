@@ -101,6 +101,15 @@ class ServingSettings(BaseModel):
     )
     host: str = Field("127.0.0.1", description="Interface local servers and the splitter bind to.")
     splitter_port: int = Field(8600, ge=1, le=65535, description="Port of the local traffic splitter.")
+    splitter_server_maxconn: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="Requests the local splitter (HAProxy) has in flight on one model server at most; "
+        "beyond, they wait in HAProxy's queue (up to 10 s, then 503). 0: no limit. A limit bends the "
+        "canary weights under load: roundrobin passes over a full server, so a full stable sends its "
+        "overflow to the canary (at 4, 90/10 was served 50/50 by 8 and by 32 concurrent clients).",
+    )
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes per server.")
     decision_threshold: float = Field(
         0.5, gt=0, lt=1, description="Score at or above which a prediction is a positive decision."
