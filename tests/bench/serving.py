@@ -4,7 +4,7 @@ Targets, same model and same load generator: the model in-process; a bare async 
 endpoint under uvicorn (same validation and scorer, no logging or metrics); the same endpoint
 doing the service's work per request (scoring, prediction log to the lake, driftloop metrics);
 the BentoML service directly; and the BentoML service behind the splitter at 90/10 (by default
-the real local deploy target: front nginx -> weighted nginx -> stable or canary server). Every
+the real local deploy target: one HAProxy -> stable or canary server). Every
 HTTP target is up for the whole run and the rounds interleave them, so a change in the
 machine's load moves all of them; each figure is the median over the rounds. The load generator
 runs in its own process. Issue targets: BentoML >= 0.6x bare FastAPI requests/s at concurrency 8
@@ -186,9 +186,9 @@ def bare_fastapi(settings: Settings, version: str, same_work: bool = False) -> I
 @contextlib.contextmanager
 def local_splitter(settings: Settings, stable: ServerHandle) -> Iterator[tuple[str, list[int]]]:
     """The local deploy target at 90/10, as a rollout's first step runs it: stable and a canary of
-    the benchmarked version, each its own BentoML server, behind the front nginx (never reloaded)
-    and the weighted nginx. The target starts its own servers, so the direct figure and this one
-    are two servers of the same version and settings."""
+    the benchmarked version, each its own BentoML server, behind one HAProxy (weights change at
+    run time, without a reload). The target starts its own servers, so the direct figure and this
+    one are two servers of the same version and settings."""
     from driftloop.deploy.local import LocalTarget
 
     target = LocalTarget(settings)
@@ -198,7 +198,7 @@ def local_splitter(settings: Settings, stable: ServerHandle) -> Iterator[tuple[s
         target.set_canary_weight(CANARY_WEIGHT)
         # the state file is the target's documented record of its servers (a JSON file any process reads)
         servers = json.loads(target.state_path.read_text())["variants"].values()
-        pids = [target.front.pid(), target.weighted.pid(), *(int(handle["pid"]) for handle in servers)]
+        pids = [target.splitter.pid(), *(int(handle["pid"]) for handle in servers)]
         yield target.endpoint, [pid for pid in pids if pid is not None]
     finally:
         target.stop_all()

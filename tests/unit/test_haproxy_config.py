@@ -1,32 +1,38 @@
-"""The splitter's nginx.conf: weighted upstreams, paths kept in the data folder, and `nginx -t` accepts it."""
+"""The splitter's haproxy.cfg: weighted servers, paths kept in its folder, and `haproxy -c` accepts it."""
 
 from __future__ import annotations
 
-import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from driftloop.deploy.base import DeployError
-from driftloop.deploy.local import LocalState, parse_metrics
-from driftloop.deploy.nginx import (
-    Backend,
-    FrontConfig,
+from driftloop.deploy.haproxy import (
+    ADMIN_SOCKET,
+    METRICS_PATH,
+    STATUS_PATH,
+    Server,
     Splitter,
     SplitterConfig,
-    SplitterPaths,
-    nginx_binary,
+    haproxy_binary,
+    haproxy_env,
     render_config,
-    render_front_config,
+    server_name,
 )
+from driftloop.deploy.local import STATE_VERSION, LocalState, parse_metrics
 
-STABLE = Backend("stable 3", 18001, 90)
-CANARY = Backend("canary 4", 18002, 10)
+STABLE = Server("stable-v3-18001", 18001, 90)
+CANARY = Server("canary-v4-18002", 18002, 10)
 
 
-def _config(*backends: Backend, max_body_bytes: int = 1_000_000) -> SplitterConfig:
+def _config(*servers: Server, max_body_bytes: int = 1_000_000, server_maxconn: int = 0) -> SplitterConfig:
     return SplitterConfig(
-        host="127.0.0.1", port=18600, backends=backends, max_body_bytes=max_body_bytes, generation=7
+        host="127.0.0.1",
+        port=18600,
+        servers=servers,
+        max_body_bytes=max_body_bytes,
+        server_maxconn=server_maxconn,
     )
 
 
@@ -34,72 +40,89 @@ def _directives(text: str) -> list[str]:
     return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
 
 
-def test_upstream_has_one_weighted_server_per_backend(tmp_path: Path) -> None:
-    text = render_config(_config(STABLE, CANARY), SplitterPaths(tmp_path))
-    servers = re.findall(r"server (127\.0\.0\.1:\d+) weight=(\d+)", text)
-    assert servers == [("127.0.0.1:18001", "90"), ("127.0.0.1:18002", "10")]
-    assert "keepalive 32;" in _directives(text)
-    assert "proxy_next_upstream error timeout http_502 http_503 non_idempotent;" in _directives(text)
-    assert "proxy_next_upstream_tries 3;" in _directives(text)
-    assert 'proxy_set_header Connection "";' in _directives(text)  # keep-alive to the servers
+@pytest.fixture
+def binary() -> Path:
+    try:
+        return haproxy_binary()
+    except DeployError as error:
+        pytest.skip(str(error))
 
 
-def test_binds_loopback_only_and_limits_bodies_like_the_service(tmp_path: Path) -> None:
-    text = render_config(_config(STABLE, max_body_bytes=123_456), SplitterPaths(tmp_path))
-    listens = [d for d in _directives(text) if d.startswith("listen ")]
-    assert listens == ["listen 127.0.0.1:18600 backlog=1024;"]
-    assert "client_max_body_size 123456;" in _directives(text)
-    assert "request body larger than 123456 bytes" in text
+def test_the_backend_has_one_weighted_server_per_variant() -> None:
+    directives = _directives(render_config(_config(STABLE, CANARY, server_maxconn=4)))
+    assert [d for d in directives if d.startswith("server ")] == [
+        "server stable-v3-18001 127.0.0.1:18001 weight 90 maxconn 4 pool-max-conn -1 pool-purge-delay 1s",
+        "server canary-v4-18002 127.0.0.1:18002 weight 10 maxconn 4 pool-max-conn -1 pool-purge-delay 1s",
+    ]
+    assert "balance roundrobin" in directives
+    assert "http-reuse always" in directives
+    # a server going away is never an error: retried elsewhere (scoring is safe to replay)
+    assert "retry-on conn-failure empty-response 503" in directives
+    assert "option redispatch 1" in directives
+    assert "retries 3" in directives
 
 
-def test_every_path_lives_in_the_splitter_folder(tmp_path: Path) -> None:
-    paths = SplitterPaths(tmp_path / "nginx")
-    text = render_config(_config(STABLE), paths)
-    path_directives = (
-        "pid",
-        "lock_file",
-        "error_log",
-        "access_log",
-        "client_body_temp_path",
-        "proxy_temp_path",
-        "fastcgi_temp_path",
-        "uwsgi_temp_path",
-        "scgi_temp_path",
+def test_binds_loopback_only_and_limits_bodies_like_the_service() -> None:
+    directives = _directives(render_config(_config(STABLE, max_body_bytes=123_456)))
+    assert [d for d in directives if d.startswith("bind ")] == ["bind 127.0.0.1:18600"]
+    (deny,) = [d for d in directives if d.startswith("http-request deny")]
+    assert "deny_status 413" in deny
+    assert "request body larger than 123456 bytes" in deny
+    assert deny.endswith("if { req.hdr_val(content-length) gt 123456 }")
+
+
+def test_every_path_lives_in_the_splitter_folder() -> None:
+    text = render_config(_config(STABLE, CANARY))
+    directives = _directives(text)
+    # HAProxy runs in its folder: the admin socket is named relative to it, nothing else is a path
+    assert f"stats socket unix@{ADMIN_SOCKET} mode 600 level admin" in directives
+    assert "log stdout format raw local0" in directives  # stdout goes to the folder's log file
+    assert not [d for d in directives if d.split()[0] in ("pidfile", "chroot", "daemon", "user", "group")]
+    absolute = {token for d in directives for token in d.split() if token.startswith("/")}
+    assert absolute == {STATUS_PATH, METRICS_PATH}  # URL paths HAProxy answers itself
+
+
+def test_the_clients_request_id_is_kept_and_one_is_given_otherwise() -> None:
+    directives = _directives(render_config(_config(STABLE)))
+    assert (
+        "http-request set-header X-Request-ID %[unique-id] unless { req.hdr(X-Request-ID) -m found }"
+        in directives
     )
-    for name in path_directives:
-        (value,) = [d.split()[1] for d in _directives(text) if d.split()[0] == name]
-        assert value.startswith(str(paths.root) + "/"), (name, value)
-    assert "/var/" not in text
-    assert "/etc/nginx" not in text
+    (log_format,) = [d for d in directives if d.startswith("log-format ")]
+    assert "[capture.req.hdr(0)]" in log_format  # the id the server got
+    assert "server=%s" in log_format  # which server answered
 
 
-def test_without_backends_every_request_gets_a_clear_503(tmp_path: Path) -> None:
-    text = render_config(_config(), SplitterPaths(tmp_path))
-    assert not any(d.startswith(("upstream ", "proxy_pass ")) for d in _directives(text))
-    assert "return 503" in text
-    assert "deploy the stable variant first" in text
+def test_without_servers_every_request_gets_a_clear_503() -> None:
+    text = render_config(_config())
+    assert not [d for d in _directives(text) if d.startswith("server ")]
+    (no_server,) = [d for d in _directives(text) if d.startswith("http-request return status 503")]
+    assert "deploy the stable variant first" in no_server
+    assert no_server.endswith("if { nbsrv(variants) eq 0 }")
 
 
-def test_the_generation_is_served_for_reload_checks(tmp_path: Path) -> None:
-    text = render_config(_config(STABLE, CANARY), SplitterPaths(tmp_path))
-    assert '"generation": 7' in text
-    assert "generation 7" in text.splitlines()[0]
+def test_weights_are_percentages_and_zero_is_allowed() -> None:
+    assert Server("canary-v4-18002", 18002, 0).weight == 0  # in the backend, sent nothing
+    with pytest.raises(ValueError, match=r"weight must be 0\.\.100"):
+        Server("canary-v4-18002", 18002, 101)
+    with pytest.raises(ValueError, match="letters, digits"):
+        Server("canary 4", 18002, 10)
 
 
-def test_a_backend_without_traffic_cannot_be_rendered() -> None:
-    with pytest.raises(ValueError, match=r"weight must be 1\.\.100"):
-        Backend("canary 4", 18002, 0)
+def test_server_names_say_variant_version_and_port() -> None:
+    assert server_name("stable", "12", 18001) == "stable-v12-18001"
+    assert server_name("canary", "a/b c", 18002) == "canary-va_b_c-18002"
 
 
 @pytest.mark.parametrize(
     ("canary_weight", "expected"),
     [
-        (0, [("stable 3", 100)]),  # a canary at 0 is left out of the upstream
-        (10, [("stable 3", 90), ("canary 4", 10)]),
-        (100, [("canary 4", 100)]),
+        (0, [("stable-v3-18001", 100), ("canary-v4-18002", 0)]),  # a canary at 0 stays in the backend
+        (10, [("stable-v3-18001", 90), ("canary-v4-18002", 10)]),
+        (100, [("stable-v3-18001", 0), ("canary-v4-18002", 100)]),
     ],
 )
-def test_state_turns_weights_into_backends(canary_weight: int, expected: list[tuple[str, int]]) -> None:
+def test_state_turns_weights_into_servers(canary_weight: int, expected: list[tuple[str, int]]) -> None:
     state = LocalState(
         canary_weight=canary_weight,
         variants={
@@ -107,7 +130,7 @@ def test_state_turns_weights_into_backends(canary_weight: int, expected: list[tu
             "canary": {"port": 18002, "model_version": "4", "url": "http://127.0.0.1:18002"},
         },
     )
-    assert [(b.name, b.weight) for b in state.backends()] == expected
+    assert [(s.name, s.weight) for s in state.servers()] == expected
 
 
 def test_without_a_canary_stable_gets_everything() -> None:
@@ -116,51 +139,45 @@ def test_without_a_canary_stable_gets_everything() -> None:
     assert state.weight("canary") == 0
 
 
-@pytest.mark.parametrize("backends", [(STABLE, CANARY), (STABLE,), ()], ids=["split", "stable-only", "empty"])
-def test_nginx_accepts_the_rendered_config(tmp_path: Path, backends: tuple[Backend, ...]) -> None:
-    try:
-        nginx_binary()
-    except DeployError as error:
-        pytest.skip(str(error))
-    splitter = Splitter(tmp_path / "nginx")
-    splitter.test(render_config(_config(*backends), splitter.paths))  # raises DeployError on rejection
+def test_a_state_file_of_another_version_is_refused_with_what_to_do() -> None:
+    with pytest.raises(DeployError, match=r"has version 1, expected 2: .*stop_all\(\)"):
+        LocalState.from_json({"state_version": 1, "generation": 3, "variants": {}})
+    assert LocalState.from_json(LocalState(canary_weight=5).to_json()).canary_weight == 5
+    assert STATE_VERSION == 2
 
 
-def _front(tmp_path: Path) -> str:
-    config = FrontConfig(host="127.0.0.1", port=18600, weighted_port=18700, max_body_bytes=50_000)
-    return render_front_config(config, SplitterPaths(tmp_path))
-
-
-def test_the_front_passes_everything_to_the_weighted_nginx_and_retries_closed_connections(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "config",
+    [
+        _config(STABLE, CANARY),
+        _config(STABLE, server_maxconn=4),
+        _config(Server("canary-v4-18002", 18002, 0)),
+        _config(),
+    ],
+    ids=["split", "stable-only-maxconn", "weight-0", "empty"],
+)
+def test_haproxy_accepts_the_rendered_config_without_a_warning(
+    tmp_path: Path, binary: Path, config: SplitterConfig
 ) -> None:
-    directives = _directives(_front(tmp_path))
-    assert [d for d in directives if d.startswith("server 1")] == ["server 127.0.0.1:18700 max_fails=0;"]
-    assert "listen 127.0.0.1:18600 backlog=1024;" in directives
-    # connection errors only: a timed-out request may still be scored, so it is never replayed
-    assert "proxy_next_upstream error non_idempotent;" in directives
-    assert "client_max_body_size 50000;" in directives
-    assert not [d for d in directives if d.startswith("return 200")]  # status comes from behind
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(render_config(config))
+    # -dW: zero-warning mode, a warning fails the check
+    result = subprocess.run(
+        [str(binary), "-c", "-dW", "-f", str(conf)],
+        cwd=tmp_path,
+        env=haproxy_env(binary),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    Splitter(tmp_path / "splitter").check(render_config(config))  # raises DeployError on rejection
 
 
-def test_nginx_accepts_the_front_config(tmp_path: Path) -> None:
-    try:
-        nginx_binary()
-    except DeployError as error:
-        pytest.skip(str(error))
-    splitter = Splitter(tmp_path / "front")
-    splitter.test(_front(tmp_path / "front"))
-
-
-def test_nginx_t_rejects_a_broken_config_with_its_message(tmp_path: Path) -> None:
-    try:
-        nginx_binary()
-    except DeployError as error:
-        pytest.skip(str(error))
-    splitter = Splitter(tmp_path / "nginx")
-    broken = render_config(_config(STABLE), splitter.paths).replace("keepalive 32;", "keepalive;")
-    with pytest.raises(DeployError, match=r"configuration test failed.*keepalive"):
-        splitter.test(broken)
+def test_the_check_rejects_a_broken_config_with_haproxys_message(tmp_path: Path, binary: Path) -> None:
+    broken = render_config(_config(STABLE)).replace("balance roundrobin", "balance sideways")
+    with pytest.raises(DeployError, match=r"(?s)configuration check failed.*balance only supports"):
+        Splitter(tmp_path / "splitter").check(broken)
 
 
 EXPOSITION = """\

@@ -1,6 +1,6 @@
 """The deploy-target interface: where the stable and canary variants run and how traffic splits.
 
-One implementation per place (``local``: processes behind nginx; ``kubernetes``: Deployments
+One implementation per place (``local``: processes behind HAProxy; ``kubernetes``: Deployments
 behind a weighted HTTPRoute), chosen once from settings by :func:`driftloop.deploy.get_target`.
 The rollout logic only ever talks to this interface.
 """

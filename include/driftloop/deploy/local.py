@@ -1,6 +1,6 @@
-"""The ``local`` deploy target: stable and canary servers as processes on loopback behind nginx.
+"""The ``local`` deploy target: stable and canary servers as processes on loopback behind HAProxy.
 
-Its state (servers, versions, weights, the nginx master) lives in a JSON file under
+Its state (servers, versions, weights, the splitter's port) lives in a JSON file under
 ``<data_dir>/serving`` behind a file lock, so separate processes (Airflow tasks) share one deployment.
 """
 
@@ -36,22 +36,15 @@ from driftloop.deploy.base import (
     Variant,
     VariantStatus,
 )
-from driftloop.deploy.nginx import (
-    Backend,
-    FrontConfig,
-    Splitter,
-    SplitterConfig,
-    render_config,
-    render_front_config,
-)
-from driftloop.processes import LOOPBACK, free_port, log_tail
+from driftloop.deploy.haproxy import Server, Splitter, SplitterConfig, server_name
+from driftloop.processes import free_port, log_tail
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: one HAProxy splitter (1 was two nginx masters)
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 SERVER_READY_TIMEOUT_S = 180.0  # a server loads its model from the registry before it is ready
 PROBE_TIMEOUT_S = 2.0
-LOCK_TIMEOUT_S = 600.0  # one deploy (server start + graceful reload) holds the lock this long at most
+LOCK_TIMEOUT_S = 600.0  # one deploy (server start + drain of the old one) holds the lock this long at most
 
 Handle = dict[str, Any]  # a ServerHandle as JSON: pid, port, url, variant, model_version, log_path
 
@@ -91,13 +84,9 @@ class LocalState:
     """What the state file holds: the deployment as every process sees it."""
 
     canary_weight: int = 0
-    generation: int = 0  # of the weighted nginx configuration last rendered
-    splitter_port: int | None = None  # where clients connect (the front nginx)
-    front_pid: int | None = None
-    weighted_port: int | None = None  # the weighted nginx behind the front, on loopback
-    weighted_pid: int | None = None
+    splitter_port: int | None = None  # where clients connect (HAProxy), kept once it started
     variants: dict[str, Handle] = field(default_factory=dict)
-    # servers replaced or removed, stopped once nginx no longer routes to them (or never took over)
+    # servers replaced or removed, stopped once HAProxy has removed them (or they never took over)
     retiring: list[Handle] = field(default_factory=list)
 
     def weight(self, variant: str) -> int:
@@ -108,12 +97,16 @@ class LocalState:
             return self.canary_weight
         return 100 - self.canary_weight if "canary" in self.variants else 100
 
-    def backends(self) -> tuple[Backend, ...]:
-        """The weighted upstream: variants with a share of traffic (nginx refuses weight 0)."""
+    def servers(self) -> tuple[Server, ...]:
+        """The splitter's servers: every deployed variant, at its weight (a canary at 0 stays in)."""
         return tuple(
-            Backend(f"{variant} {handle['model_version']}", int(handle["port"]), weight)
+            Server(
+                server_name(variant, str(handle["model_version"]), int(handle["port"])),
+                int(handle["port"]),
+                self.weight(variant),
+            )
             for variant in VARIANTS
-            if (handle := self.variants.get(variant)) and (weight := self.weight(variant)) > 0
+            if (handle := self.variants.get(variant))
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -124,19 +117,19 @@ class LocalState:
         if data.get("state_version") != STATE_VERSION:
             raise DeployError(
                 f"local deploy state has version {data.get('state_version')!r}, expected {STATE_VERSION}: "
-                "stop the old deployment (driftloop serve stop) and delete the state file"
+                "stop the old deployment first; LocalTarget(settings).stop_all() stops what it started "
+                "and empties the state (`make demo` does it when it starts)"
             )
         data = {k: v for k, v in data.items() if k != "state_version"}
         return cls(**data)
 
 
 class LocalTarget(DeployTarget):
-    """Stable and canary servers on 127.0.0.1 behind an nginx splitter with weighted upstreams.
+    """Stable and canary servers on 127.0.0.1 behind one HAProxy splitting requests by weight.
 
-    Every change keeps traffic flowing: a new server is ready before nginx routes to it, the
-    weighted nginx reloads gracefully (old workers finish in-flight requests) behind a front nginx
-    that holds the client connections and is never reloaded, and an old server stops only once no
-    worker routes to it any more.
+    Every change keeps traffic flowing: a new server is ready before HAProxy routes to it, weights
+    change through HAProxy's runtime API (no reload, so no client connection is closed), and an
+    old server stops only once HAProxy has drained it (nothing in flight) and removed it.
     """
 
     def __init__(self, settings: Settings, launcher: ServerLauncher | None = None) -> None:
@@ -144,8 +137,7 @@ class LocalTarget(DeployTarget):
         self.launcher: ServerLauncher = launcher or BentoLauncher()
         self.root = settings.data_dir / "serving"
         self.state_path = self.root / "local-target.json"
-        self.front = Splitter(self.root / "nginx" / "front")
-        self.weighted = Splitter(self.root / "nginx" / "weighted")
+        self.splitter = Splitter(self.root / "haproxy")
         self._lock = FileLock(str(self.root / "local-target.lock"))
 
     # --- DeployTarget -----------------------------------------------------------------------------
@@ -253,15 +245,20 @@ class LocalTarget(DeployTarget):
         return f"http://{self.settings.serving.host}:{port}"
 
     def splitter_running(self) -> bool:
-        """Both nginx masters are up."""
-        return self.front.pid() is not None and self.weighted.pid() is not None
+        """HAProxy is up."""
+        return self.splitter.pid() is not None
 
     def stop_all(self) -> None:
-        """Stop nginx and every server this deployment started; the state is emptied."""
-        with self._locked() as state:
-            self.front.stop()
-            self.weighted.stop()
-            for handle in [*state.variants.values(), *state.retiring]:
+        """Stop HAProxy and every server this deployment started; the state is emptied.
+
+        A state file of an older version is stopped as well (its servers are recorded the same
+        way; version 1 also ran two nginx masters), so an upgrade starts clean.
+        """
+        with self._lock_held():
+            data = self._read()
+            self.splitter.stop()
+            _stop_nginx_masters(self.root / "nginx")
+            for handle in [*data.get("variants", {}).values(), *data.get("retiring", [])]:
                 with contextlib.suppress(Exception):
                     self.launcher.stop(handle)
             self._save(LocalState())
@@ -269,25 +266,33 @@ class LocalTarget(DeployTarget):
     # --- internals --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[LocalState]:
+    def _lock_held(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             with self._lock.acquire(timeout=LOCK_TIMEOUT_S):
-                yield self._load()
+                yield
         except Timeout as error:
             raise DeployError(
                 f"another process has held the deploy lock {self._lock.lock_file} for "
                 f"{LOCK_TIMEOUT_S:.0f} s; is a deploy stuck?"
             ) from error
 
-    def _load(self) -> LocalState:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[LocalState]:
+        with self._lock_held():
+            yield self._load()
+
+    def _read(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.state_path.read_text())
+            return json.loads(self.state_path.read_text())
         except FileNotFoundError:
-            return LocalState()
+            return {}
         except (OSError, ValueError) as error:
             raise DeployError(f"unreadable deploy state {self.state_path}: {error}") from error
-        return LocalState.from_json(data)
+
+    def _load(self) -> LocalState:
+        data = self._read()
+        return LocalState.from_json(data) if data else LocalState()
 
     def _save(self, state: LocalState) -> None:
         # write-then-rename: a reader sees the old state or the new one, never half of one
@@ -303,86 +308,50 @@ class LocalTarget(DeployTarget):
             Path(partial).unlink(missing_ok=True)
             raise
 
-    def _weighted_config(self, state: LocalState, generation: int) -> str:
-        config = SplitterConfig(
-            host=LOOPBACK,
-            port=int(state.weighted_port or 0),
-            backends=state.backends(),
-            max_body_bytes=self.settings.serving.max_body_bytes,
-            generation=generation,
+    def _splitter_config(self, state: LocalState) -> SplitterConfig:
+        serving = self.settings.serving
+        return SplitterConfig(
+            host=serving.host,
+            port=state.splitter_port or serving.splitter_port,
+            servers=state.servers(),
+            max_body_bytes=serving.max_body_bytes,
+            server_maxconn=serving.splitter_server_maxconn,
         )
-        return render_config(config, self.weighted.paths)
 
     def _apply(self, state: LocalState) -> None:
-        """Make nginx route as ``state`` says (started on first use, else reloaded when it differs)."""
-        if self.weighted.pid() is None:
+        """Make HAProxy route as ``state`` says: started on first use (or after it died), else changed
+        through its runtime API; retired servers are drained and removed before this returns."""
+        config = self._splitter_config(state)
+        if self.splitter.pid() is None:
             if not state.variants:
                 return  # started lazily by the first deploy
-            self._start_weighted(state)
-        else:
-            self._reload_weighted(state)
-        host, port = self.settings.serving.host, state.splitter_port or self.settings.serving.splitter_port
-        front = FrontConfig(
-            host=host,
-            port=port,
-            weighted_port=int(state.weighted_port or 0),
-            max_body_bytes=self.settings.serving.max_body_bytes,
-        )
-        text = render_front_config(front, self.front.paths)
-        if self.front.pid() is None:
-            state.front_pid = self.front.start(text, state.generation, host, port)
-            state.splitter_port = port
+            self.splitter.start(config)
+            state.splitter_port = config.port
             self._save(state)
-        elif _read(self.front.paths.conf) != text:  # the weighted nginx moved to another port
-            self.front.reload(text, state.generation, host, port)
-
-    def _start_weighted(self, state: LocalState) -> None:
-        state.generation += 1
-        reuse = state.weighted_port is not None  # the front still points at it
-        state.weighted_port = state.weighted_port or free_port()
-        try:
-            state.weighted_pid = self.weighted.start(
-                self._weighted_config(state, state.generation),
-                state.generation,
-                LOOPBACK,
-                state.weighted_port,
-            )
-        except DeployError:
-            if not reuse:
-                raise
-            state.weighted_port = free_port()  # taken meanwhile: the front is reloaded to follow
-            state.weighted_pid = self.weighted.start(
-                self._weighted_config(state, state.generation),
-                state.generation,
-                LOOPBACK,
-                state.weighted_port,
-            )
-        self._save(state)
-
-    def _reload_weighted(self, state: LocalState) -> None:
-        port = int(state.weighted_port or 0)
-        if (
-            _read(self.weighted.paths.conf) == self._weighted_config(state, state.generation)
-            and self.weighted.loaded_generation(LOOPBACK, port) == state.generation
-        ):
-            return
-        state.generation += 1
-        self._save(state)
-        self.weighted.reload(self._weighted_config(state, state.generation), state.generation, LOOPBACK, port)
+        else:
+            self.splitter.apply(config)
 
     def _retire(self, state: LocalState) -> None:
-        """Stop the servers nginx no longer routes to (call only after a successful _apply)."""
+        """Stop the servers HAProxy no longer routes to (call only after a successful _apply)."""
         while state.retiring:
             self.launcher.stop(state.retiring[0])
             state.retiring.pop(0)
             self._save(state)
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
+def _stop_nginx_masters(folder: Path) -> None:
+    """Stop the two nginx masters a version-1 deployment ran under ``folder`` (front/, weighted/)."""
+    for pid_file in folder.glob("*/nginx.pid"):
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            master = psutil.Process(int(pid_file.read_text().strip()))
+            # the master's title names its configuration: a recycled pid is left alone
+            if str(pid_file.with_name("nginx.conf")) not in " ".join(master.cmdline()):
+                continue
+            processes = [master, *master.children()]
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            psutil.wait_procs(processes, timeout=5.0)
 
 
 def _check_variant(variant: str) -> None:
