@@ -97,7 +97,7 @@ def loop_settings(
 @contextmanager
 def loop_stack(settings: Settings, echo: Callable[[str], None] = print) -> Iterator[Any]:
     """The embedded Airflow stack for the loop; on exit Airflow stops first, then the model servers
-    and nginx — in the other order a deploy_model task still running would start them again."""
+    and HAProxy — in the other order a deploy_model task still running would start them again."""
     from driftloop.deploy.local import LocalTarget
     from driftloop.stack import AirflowStack
 
@@ -319,7 +319,7 @@ class ClosedLoop:
 
         self.wait("deploy_model to serve the champion as stable", serving, 600)
         self.report.mark("first_champion_serving")
-        self.say(f"deploy_model (champion Asset): stable v{version} behind nginx at {target.endpoint}")
+        self.say(f"deploy_model (champion Asset): stable v{version} behind HAProxy at {target.endpoint}")
         return version
 
     def _rows(self, since: datetime | None = None, until: datetime | None = None, limit: int = 4000) -> list:

@@ -21,7 +21,7 @@ STAGES = (
     ("airflow stack started", "start", "stack_up"),
     ("baseline landed → ingested → featurized", "baseline_landed", "baseline_featurized"),
     ("first train_model (REST) → champion", "baseline_featurized", "first_champion"),
-    ("champion → serving behind nginx", "first_champion", "first_champion_serving"),
+    ("champion → serving behind HAProxy", "first_champion", "first_champion_serving"),
     ("baseline traffic → first window judged", "first_champion_serving", "calm_judged"),
     ("drifted batch landed → featurized", "drift_landed", "drift_featurized"),
     ("drifted traffic → drift Asset event", "drift_traffic", "drift_event"),
@@ -80,7 +80,7 @@ def run_demo(settings: Settings, spec: DatasetSpec, echo: Callable[[str], None])
         echo(f"MLflow store: {settings.tracking_uri}")
         echo(f"  browse it: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}")
         echo(f"drift reports: {settings.lake_uri}/reports/drift/")
-        echo("stopping the model servers, nginx and Airflow (`make up` keeps a stack running)")
+        echo("stopping the model servers, HAProxy and Airflow (`make up` keeps a stack running)")
     echo(f"done in {time.monotonic() - began:.0f}s")
     return {"marks": report.marks, "facts": report.facts}
 

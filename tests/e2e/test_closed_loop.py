@@ -1,7 +1,7 @@
 """The closed loop end to end against the real Airflow scheduler, with compressed windows.
 
 Data lands, and the scheduler runs everything from there: ingest, features, the first champion
-(triggered through the REST API with the official Python client), serving behind nginx,
+(triggered through the REST API with the official Python client), serving behind HAProxy,
 monitoring, the drift sensor, the drift-triggered retrain, its canary and promotion, and a
 forced slow candidate that must be rolled back.
 """

@@ -1,4 +1,4 @@
-"""Canary rollouts on the real local target: BentoML servers behind nginx, real MLflow versions.
+"""Canary rollouts on the real local target: BentoML servers behind HAProxy, real MLflow versions.
 
 Traffic flows through the splitter the whole time; the rollout steps weights, analyses each
 window from the servers' Prometheus counters and promotes or rolls back on its own.
