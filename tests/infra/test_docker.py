@@ -433,7 +433,7 @@ def test_compose_config_accepts_the_stack(compose: dict[str, Any]) -> None:
 
 def test_compose_config_catches_a_broken_file(tmp_path: Path) -> None:
     broken = tmp_path / "compose.yaml"
-    broken.write_text("services:\n  a:\n    image: nginx:1.28.0-alpine\n    depends_on: [missing]\n")
+    broken.write_text("services:\n  a:\n    image: haproxy:2.6.18-alpine\n    depends_on: [missing]\n")
     result = _compose_config(broken, ENV_EXAMPLE, profiles=())
     assert result.returncode != 0
     assert "missing" in result.stderr
@@ -570,65 +570,87 @@ def test_compose_settings_load(compose: dict[str, Any], monkeypatch: pytest.Monk
 # ------------------------------------------------------------------------------ splitter ----
 
 
-def _splitter_template(stable: int = 90, canary: int = 10) -> str:
-    text = (DOCKER / "splitter" / "default.conf.template").read_text()
-    return text.replace("${SPLITTER_STABLE_WEIGHT}", str(stable)).replace(
-        "${SPLITTER_CANARY_WEIGHT}", str(canary)
-    )
+SPLITTER_CONFIG = DOCKER / "splitter" / "haproxy.cfg"
+# the splitter's settings: compose passes them from docker/.env, HAProxy reads "${NAME}" itself
+SPLITTER_WEIGHTS = ("SPLITTER_STABLE_WEIGHT", "SPLITTER_CANARY_WEIGHT")
+# what makes the proxy behave as it does (process-level and local-only lines left out)
+PROXY_DIRECTIVES = (
+    "mode ",
+    "option ",
+    "timeout ",
+    "retries ",
+    "retry-on ",
+    "http-reuse ",
+    "unique-id-format ",
+    "http-request ",
+    "log-format ",
+    "balance ",
+)
+
+
+def _directives(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 def test_splitter_proxies_like_driftloops_own() -> None:
     from driftloop.config import ServingSettings
-    from driftloop.deploy.nginx import Backend, SplitterConfig, SplitterPaths, render_config
+    from driftloop.deploy.haproxy import Server, SplitterConfig, render_config, server_options
 
+    serving = ServingSettings()
+    ours = Server("stable", 3000, 90)
     rendered = render_config(
         SplitterConfig(
             host="0.0.0.0",
             port=8600,
-            backends=(Backend("stable", 3000, 90), Backend("canary", 3000, 10)),
-            max_body_bytes=ServingSettings().max_body_bytes,
-        ),
-        SplitterPaths(Path("/unused")),
+            servers=(ours,),
+            max_body_bytes=serving.max_body_bytes,
+            server_maxconn=serving.splitter_server_maxconn,
+        )
     )
-    template = {line.strip() for line in _splitter_template().splitlines()}
-    wanted = [
-        line.strip()
-        for line in rendered.splitlines()
-        if line.strip().startswith(("proxy_", "keepalive", "client_max_body_size", "client_body_buffer_size"))
-        and "_temp_path" not in line
-    ]
+    compose = _directives(SPLITTER_CONFIG.read_text())
+    wanted = [line for line in _directives(rendered) if line.startswith(PROXY_DIRECTIVES)]
     assert wanted
-    missing = [line for line in wanted if line not in template]
-    assert not missing, f"docker/splitter/default.conf.template lacks the splitter's directives: {missing}"
+    missing = [line for line in wanted if line not in compose]
+    assert not missing, f"docker/splitter/haproxy.cfg lacks the splitter's directives: {missing}"
+    # every server as driftloop adds one, with the weight from the environment
+    options = server_options(ours, serving.splitter_server_maxconn).split(f"weight {ours.weight} ", 1)[1]
+    servers = [line for line in compose if line.startswith("server ")]
+    assert servers == [
+        f'server {variant} serving-{variant}:3000 weight "${{{name}}}" {options}'
+        for variant, name in zip(("stable", "canary"), SPLITTER_WEIGHTS, strict=True)
+    ]
 
 
-def test_splitter_configuration_is_accepted_by_nginx(tmp_path: Path) -> None:
+def test_splitter_weights_come_from_the_compose_environment(compose: dict[str, Any]) -> None:
+    environment = compose["services"]["splitter"]["environment"]
+    assert {name: environment[name] for name in SPLITTER_WEIGHTS} == {
+        "SPLITTER_STABLE_WEIGHT": "90",
+        "SPLITTER_CANARY_WEIGHT": "10",
+    }
+    volumes = compose["services"]["splitter"]["volumes"]
+    assert [(v["source"], v["target"]) for v in volumes] == [
+        (str(SPLITTER_CONFIG), "/usr/local/etc/haproxy/haproxy.cfg")
+    ]
+
+
+@pytest.mark.parametrize(("stable", "canary"), [(90, 10), (100, 0)])
+def test_splitter_configuration_is_accepted_by_haproxy(tmp_path: Path, stable: int, canary: int) -> None:
     from driftloop.deploy.base import DeployError
-    from driftloop.deploy.nginx import nginx_binary
+    from driftloop.deploy.haproxy import haproxy_binary, haproxy_env
 
     try:
-        binary = nginx_binary()
+        binary = haproxy_binary()
     except DeployError as error:
         pytest.fail(str(error))
-    # the official image includes conf.d in its http block; service names resolve inside compose only
-    body = (
-        _splitter_template().replace("serving-stable:", "127.0.0.1:").replace("serving-canary:", "127.0.0.2:")
-    )
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    conf = tmp_path / "nginx.conf"
+    # service names resolve inside compose only
+    conf = tmp_path / "haproxy.cfg"
     conf.write_text(
-        f"pid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'};\nevents {{}}\nhttp {{\n"
-        + "".join(
-            f"    {kind}_temp_path {temp / kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + f"    access_log off;\n{body}\n}}\n"
+        SPLITTER_CONFIG.read_text()
+        .replace("serving-stable:", "127.0.0.1:")
+        .replace("serving-canary:", "127.0.0.2:")
     )
+    env = haproxy_env(binary) | dict(zip(SPLITTER_WEIGHTS, (str(stable), str(canary)), strict=True))
     result = subprocess.run(
-        [str(binary), "-t", "-q", "-p", f"{tmp_path}/", "-c", str(conf), "-e", str(tmp_path / "error.log")],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [str(binary), "-c", "-dW", "-f", str(conf)], capture_output=True, text=True, env=env, timeout=30
     )
-    assert result.returncode == 0, f"nginx -t rejects the splitter configuration:\n{result.stderr}"
+    assert result.returncode == 0, f"haproxy -c rejects the splitter configuration:\n{result.stderr}"
