@@ -85,7 +85,7 @@ def test_every_path_lives_in_the_splitter_folder() -> None:
 def test_the_clients_request_id_is_kept_and_one_is_given_otherwise() -> None:
     directives = _directives(render_config(_config(STABLE)))
     assert (
-        "http-request set-header X-Request-ID %[unique-id] unless { req.hdr(X-Request-ID) -m found }"
+        "http-request set-header X-Request-ID %[unique-id] unless { req.hdr(X-Request-ID) -m len gt 0 }"
         in directives
     )
     (log_format,) = [d for d in directives if d.startswith("log-format ")]

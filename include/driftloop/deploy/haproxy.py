@@ -222,10 +222,10 @@ def render_config(config: SplitterConfig) -> str:
         "",
         f"frontend {FRONTEND}",
         f"    bind {config.host}:{config.port}",
-        # keep the client's request id, else give one; logged and passed to the server
+        # keep the client's request id, else (none, or empty) give one; logged and passed to the server
         "    unique-id-format %[uuid()]",
         f"    http-request set-header {REQUEST_ID_HEADER} %[unique-id] "
-        f"unless {{ req.hdr({REQUEST_ID_HEADER}) -m found }}",
+        f"unless {{ req.hdr({REQUEST_ID_HEADER}) -m len gt 0 }}",
         f"    http-request capture req.hdr({REQUEST_ID_HEADER}) len 64",
         f'    log-format "{ACCESS_LOG_FORMAT}"',
         # the same limit the service enforces, so an oversized body never crosses the proxy (a
