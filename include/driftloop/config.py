@@ -116,6 +116,9 @@ class ServingSettings(BaseModel):
     )
     max_batch_rows: int = Field(1000, ge=1, description="Largest batch one request may carry.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies are refused (413).")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="A prediction request still unanswered after this gets a 504 (counted)."
+    )
     auth_token: SecretStr | None = Field(
         None, description="Bearer token required on prediction endpoints; None: no auth (loopback only)."
     )

@@ -321,6 +321,27 @@ def test_a_model_that_errors_answers_500_and_keeps_serving(model_versions, tmp_p
     assert not handle.is_running()
 
 
+def test_a_request_past_the_timeout_gets_a_504_that_is_counted_and_the_server_keeps_serving(
+    model_versions,  # noqa: F811
+    tmp_path,
+):
+    from tests.models import register_model
+
+    slow = register_model(model_versions.settings, "slow", seed=3)  # answers 80 ms late
+    settings = _settings(model_versions, tmp_path, request_timeout_s=0.02)
+    handle = start_server(settings, variant="canary", model_ref=slow, port=free_port())
+    try:
+        response = httpx.post(f"{handle.url}/predict", json=ROWS[0])
+        assert response.status_code == 504
+        assert response.json() == {"error": "the request took longer than 0.02 s"}
+        assert response.headers["x-model-version"] == slow
+        assert httpx.get(f"{handle.url}/readyz").status_code == 200
+        labels = {"model_version": slow, "variant": "canary"}
+        assert _value(_metrics(handle), base.REQUESTS_TOTAL, endpoint="predict", status="504", **labels) == 1
+    finally:
+        stop_server(handle)
+
+
 def test_an_unknown_model_ref_fails_start_with_a_clear_error(model_versions, tmp_path):  # noqa: F811
     from driftloop.deploy.base import DeployError
 

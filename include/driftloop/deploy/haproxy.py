@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -45,7 +46,9 @@ MAX_WEIGHT = 100  # weights are percentages (HAProxy accepts 0..256)
 THREADS = 1
 MAX_CLIENT_CONNECTIONS = 1024
 CONNECT_TIMEOUT_S = 2  # loopback: a server that does not accept in 2 s is down; try another one
-SERVER_TIMEOUT_S = 30  # longest wait for a server's response
+# longest wait for a server's response: above the service's own request timeout, so a slow
+# request gets the service's 504 (counted in its metrics), not one from the splitter
+SERVER_TIMEOUT_MARGIN_S = 5
 QUEUE_TIMEOUT_S = 10  # longest wait for a free slot under splitter_server_maxconn, then 503
 CLIENT_TIMEOUT_S = 60  # an idle client keep-alive connection is closed after this
 REQUEST_TIMEOUT_S = 30  # a client has this long to send a whole request's headers
@@ -65,9 +68,6 @@ ACCESS_LOG_FORMAT = (
 ADMIN_SOCKET = "admin.sock"
 ADMIN_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 10.0
-# a retired server's last request waits for a slot and then for its response (its retries, if
-# any, go to other servers)
-DRAIN_TIMEOUT_S = float(QUEUE_TIMEOUT_S + SERVER_TIMEOUT_S + 5)
 DELETE_TIMEOUT_S = 10.0  # HAProxy closes a retired server's idle connections before it may go
 STOP_TIMEOUT_S = 15.0
 _POLL_S = 0.05
@@ -107,6 +107,17 @@ class SplitterConfig:
     servers: tuple[Server, ...]
     max_body_bytes: int
     server_maxconn: int = 0  # 0: no limit (settings.serving.splitter_server_maxconn)
+    request_timeout_s: float = 30.0  # the service's own (settings.serving.request_timeout_s)
+
+    @property
+    def server_timeout_s(self) -> int:
+        return math.ceil(self.request_timeout_s) + SERVER_TIMEOUT_MARGIN_S
+
+    @property
+    def drain_timeout_s(self) -> float:
+        """A retired server's last request waits for a slot, then for its response (its retries,
+        if any, go to other servers)."""
+        return float(QUEUE_TIMEOUT_S + self.server_timeout_s + 5)
 
     def weights(self) -> dict[str, int]:
         return {server.name: server.weight for server in self.servers}
@@ -203,7 +214,7 @@ def render_config(config: SplitterConfig) -> str:
         f"    timeout client {CLIENT_TIMEOUT_S}s",
         f"    timeout http-request {REQUEST_TIMEOUT_S}s",
         f"    timeout http-keep-alive {CLIENT_TIMEOUT_S}s",
-        f"    timeout server {SERVER_TIMEOUT_S}s",
+        f"    timeout server {config.server_timeout_s}s",
         f"    timeout queue {QUEUE_TIMEOUT_S}s",
         # A server that is going away (connection refused or closed with no answer, or a 503) never
         # surfaces as an error: the request goes to another server. Scoring has no side effect but
@@ -524,23 +535,23 @@ class Splitter:
         # moved from 90 to 10 got none of the next 500); raising first kept every 100 requests
         # within one of the new weights, over 100 random changes.
         self._change(*rising, *falling)
-        self._remove(retired)
+        self._remove(retired, config.drain_timeout_s)
         if not self.routes_as(config):
             raise DeployError(
                 f"haproxy routes by {self.servers()} after the changes, expected the weights "
                 f"{config.weights()}; see {self.paths.log}"
             )
 
-    def _remove(self, names: Sequence[str]) -> None:
+    def _remove(self, names: Sequence[str], drain_timeout_s: float) -> None:
         """Wait until drained servers have nothing in flight or queued, then delete them."""
         if not names:
             return
         self._wait(
             lambda: not [s for n, s in self.servers().items() if n in names and (s.in_flight or s.queued)],
-            DRAIN_TIMEOUT_S,
+            drain_timeout_s,
             lambda: (
                 f"retired servers {list(names)} still have requests in flight after "
-                f"{DRAIN_TIMEOUT_S:.0f} s: {self.servers()}"
+                f"{drain_timeout_s:.0f} s: {self.servers()}"
             ),
         )
         self._change(*(f"set server {BACKEND}/{name} state maint" for name in names))

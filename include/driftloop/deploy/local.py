@@ -316,6 +316,7 @@ class LocalTarget(DeployTarget):
             servers=state.servers(),
             max_body_bytes=serving.max_body_bytes,
             server_maxconn=serving.splitter_server_maxconn,
+            request_timeout_s=serving.request_timeout_s,
         )
 
     def _apply(self, state: LocalState) -> None:
