@@ -57,6 +57,9 @@ class Component:
 
     name: str
     args: tuple[str, ...]
+    # the module that runs Airflow's CLI: the scheduler's imports the task libraries first, so
+    # the tasks it forks start with them (driftloop.airflow.preload)
+    module: str = "airflow"
 
 
 @dataclass
@@ -312,13 +315,13 @@ class AirflowStack:
     def _components(self) -> list[Component]:
         return [
             Component("api-server", ("api-server", "--host", LOOPBACK, "--port", str(self.port))),
-            Component("scheduler", ("scheduler", "--skip-serve-logs")),
+            Component("scheduler", ("scheduler", "--skip-serve-logs"), module="driftloop.airflow.preload"),
             Component("dag-processor", ("dag-processor",)),
             Component("triggerer", ("triggerer", "--skip-serve-logs")),
         ]
 
-    def _airflow(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "airflow", *args]
+    def _airflow(self, *args: str, module: str = "airflow") -> list[str]:
+        return [sys.executable, "-m", module, *args]
 
     def _migrate(self, env: dict[str, str]) -> None:
         log = self.logs / "db-migrate.log"
@@ -344,7 +347,7 @@ class AirflowStack:
         log = self.logs / f"{component.name}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
-                self._airflow(*component.args),
+                self._airflow(*component.args, module=component.module),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
