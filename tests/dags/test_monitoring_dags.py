@@ -58,6 +58,7 @@ def test_drifted_predictions_are_judged_and_the_sensor_emits_the_drift_asset(loo
     assert len(judged) == 1
     assert judged[0]["drifted"] is True
     assert judged[0]["rows"] == 800
+    assert states["render_report"] == "success"  # a drifted window gets its report at once
     # no labels yet: the performance judgement of the same moment says so explicitly
     assert states["judge_performance"] == "success"
     assert _performance_rows(settings, judged[0]["window_end"])["__performance__"]["status"] == "no_data"
@@ -90,6 +91,9 @@ def test_concept_drift_in_the_labels_is_judged_and_the_sensor_emits_the_drift_as
     rows = tables.read_table(settings, DRIFT_METRICS).to_pylist()
     (dataset,) = [r for r in rows if r["feature"] == "__dataset__"]
     assert dataset["drifted"] is False
+    # a calm window announced by new predictions: no report now (it waits for the cron run)
+    assert states["render_report"] == "skipped"
+    assert not Path(report_uri(settings, version, dataset["window_start"], dataset["window_end"])).exists()
     assert _performance_rows(settings, dataset["window_end"])["__performance__"]["drifted"] is True
 
     watch = dagbag.get_dag("watch_drift").test()
