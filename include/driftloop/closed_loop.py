@@ -602,5 +602,5 @@ def describe_record(record: Any) -> str:
         return line + (f" — {'; '.join(reasons)}" if reasons and verdict.get("outcome") != "pass" else "")
     if record.phase == "step":
         return f"step {record.step + 1}: canary weight {record.weight}%"
-    reasons = details.get("reasons") or [details.get("reason")]
-    return f"{record.phase.upper()} — {'; '.join(str(r) for r in reasons if r)}"
+    reasons = "; ".join(str(r) for r in details.get("reasons") or [details.get("reason")] if r)
+    return f"{record.phase.upper()} — {reasons}" if reasons else record.phase.upper()

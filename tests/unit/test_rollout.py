@@ -210,3 +210,21 @@ def test_a_canary_already_too_slow_for_any_full_sample_fails_before_it():
     assert verdict.outcome == "fail"
     assert "5 of 40 canary requests slower" in verdict.reasons[0]
     assert judge(_window(requests=400, latency_s=_latencies(380, 20)), _window(), RULES).outcome == "fail"
+
+
+def test_a_transition_reads_as_a_line_with_its_reasons_and_none_without() -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from driftloop.closed_loop import describe_record
+    from driftloop.rollout import RolloutRecord
+
+    def record(phase: str, **details) -> RolloutRecord:
+        return RolloutRecord("r1", "fraud", "2", "1", phase, 0, 10, datetime.now(UTC), "test", json.dumps(details))
+
+    assert describe_record(record("started")) == "STARTED"
+    assert describe_record(record("rolled_back", reasons=["errors 5.0% > 2.0%"])) == (
+        "ROLLED_BACK — errors 5.0% > 2.0%"
+    )
+    assert describe_record(record("aborted", reason="by admin")) == "ABORTED — by admin"
+    assert describe_record(record("step")) == "step 1: canary weight 10%"
