@@ -35,6 +35,7 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 _JWT_SECRET_BYTES = 64  # random bytes; HS512 signing wants a key of at least 64 bytes
 _MIGRATE_TIMEOUT = 600.0
 _STOP_TIMEOUT = 20.0
+_METADATA_DB = "driftloop.airflow.metadata_db"  # the SQLite connection arguments
 _SETTINGS_PREFIX = "DRIFTLOOP_"
 
 
@@ -287,6 +288,9 @@ class AirflowStack:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            # a writer waits for SQLite's lock up to 30 s instead of failing after 5 (a 500 over REST)
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{_METADATA_DB}.SYNC_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": f"{_METADATA_DB}.ASYNC_CONNECT_ARGS",
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),

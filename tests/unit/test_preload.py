@@ -21,7 +21,9 @@ def test_the_preloaded_modules_import_and_start_no_thread() -> None:
         "print(json.dumps({'failed': failed, 'threads': threading.active_count(),"
         " 'modules': list(TASK_MODULES)}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=180, check=True
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["failed"] == []
     assert result["threads"] == 1, "an import started a thread: forking the scheduler would copy it half-done"

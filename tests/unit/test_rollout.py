@@ -220,7 +220,9 @@ def test_a_transition_reads_as_a_line_with_its_reasons_and_none_without() -> Non
     from driftloop.rollout import RolloutRecord
 
     def record(phase: str, **details) -> RolloutRecord:
-        return RolloutRecord("r1", "fraud", "2", "1", phase, 0, 10, datetime.now(UTC), "test", json.dumps(details))
+        return RolloutRecord(
+            "r1", "fraud", "2", "1", phase, 0, 10, datetime.now(UTC), "test", json.dumps(details)
+        )
 
     assert describe_record(record("started")) == "STARTED"
     assert describe_record(record("rolled_back", reasons=["errors 5.0% > 2.0%"])) == (

@@ -45,7 +45,7 @@ def preload(modules: tuple[str, ...] = TASK_MODULES) -> list[str]:
     for name in modules:
         try:
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001 — an optional speed-up: the task reports the real error
+        except Exception:  # an optional speed-up: the task itself reports the real error
             failed.append(name)
     return failed
 
