@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import psutil
 
-from driftloop.config import ServingSettings, Settings
+from driftloop.config import Settings
 from driftloop.dataset import load_dataset_spec
 from driftloop.processes import LOOPBACK, free_port, log_tail, stop_process_tree
 from driftloop.servers import ServerHandle, child_env, start_server, stop_server
@@ -426,10 +426,17 @@ def run(
     rows = request_rows(spec, 500)
     measured: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-serving-") as scratch, ExitStack() as stack:
-        serving = ServingSettings(
-            workers=workers or int(os.environ.get("DRIFTLOOP_BENCH_SERVING_WORKERS", "1")),
-            splitter_port=free_port(),  # never the shared default: others may run a deployment on it
+        # DRIFTLOOP_SERVING__* apply as everywhere (e.g. the prediction-log flush settings)
+        serving = Settings().serving.model_copy(
+            update={
+                "workers": workers or int(os.environ.get("DRIFTLOOP_BENCH_SERVING_WORKERS", "1")),
+                # never the shared default: others may run a deployment on it
+                "splitter_port": free_port(),
+            }
         )
+        changed = serving.model_dump(exclude_defaults=True, exclude={"splitter_port", "auth_token"})
+        if changed:
+            echo(f"[serving] serving settings changed from the defaults: {changed}")
         settings = Settings(data_dir=Path(scratch) / "data", serving=serving)
         echo("[serving] registering a small LightGBM model (untimed)")
         version = register_model(settings, "good", alias="champion")
@@ -465,6 +472,7 @@ def run(
     results = medians(measured)
     for row in results:
         row["workers"] = serving.workers
+        row["serving_settings_changed"] = changed
     echo(f"[serving] {ratios_text(results)}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
