@@ -223,6 +223,45 @@ def test_close_flushes_what_is_left_and_counts_rows_it_cannot_write():
     assert dead.pending == 0
 
 
+def test_rows_of_a_failed_write_go_out_with_later_rows_in_one_commit():
+    sink = Sink(fail_times=1)
+    writer = _writer(sink)
+    writer.add({"n": i} for i in range(3))
+    assert writer.flush() is False
+    writer.add({"n": i} for i in range(3, 5))
+    assert writer.pending == 5
+    assert writer.flush() is True
+    assert sink.batches == [[0, 1, 2, 3, 4]]
+    assert (writer.written, writer.pending) == (5, 0)
+
+
+def test_rows_the_schema_cannot_hold_are_counted_lost_and_the_writer_goes_on():
+    sink, failures, dropped = Sink(), [], []
+    writer = _writer(sink, on_failure=lambda: failures.append(1), on_dropped=dropped.append)
+    writer.add([{"n": 1}, {"n": "not a number"}])
+    assert writer.flush() is True  # nothing is kept that could never be written
+    assert (writer.pending, sum(dropped), len(failures)) == (0, 2, 1)
+    writer.add([{"n": 2}])
+    assert writer.flush() is True
+    assert sink.rows == [2]
+
+
+def test_rows_added_while_the_writer_flushes_are_neither_lost_nor_torn():
+    two = pa.schema([("n", pa.int64()), ("twice", pa.int64())])
+    written: list[pa.Table] = []
+    writer = predictions.PredictionLogWriter(
+        two, written.append, flush_rows=50, flush_seconds=0.01, buffer_limit=100_000
+    ).start()
+    for i in range(20_000):
+        writer.add([{"n": i, "twice": 2 * i}])
+    writer.close()
+    table = pa.concat_tables(written)
+    assert sorted(table.column("n").to_pylist()) == list(range(20_000))
+    pairs = zip(table.column("n").to_pylist(), table.column("twice").to_pylist(), strict=True)
+    assert all(twice == 2 * n for n, twice in pairs)
+    assert len(written) > 1  # the writer thread really ran beside the adds
+
+
 def test_log_rows_carry_ids_features_outcome_and_utc_time(spec, row_model, good_row):
     row = row_model.model_validate(good_row)
     [record] = predictions.log_rows([row], ["r-1"], [0.7], [True], spec.model_features, "3", "canary")
