@@ -62,7 +62,12 @@ MEDIAN_FIELDS = (
     "load_1m",
 )
 
-Splitter = Callable[[Settings, ServerHandle], AbstractContextManager["str | tuple[str, list[int]]"]]
+# a splitter gives its URL, optionally with the pids of its processes and the URLs of the
+# servers behind it in the proportion of its weights (e.g. stable nine times, canary once)
+Splitter = Callable[
+    [Settings, ServerHandle],
+    AbstractContextManager["str | tuple[str, list[int]] | tuple[str, list[int], list[str]]"],
+]
 """Given the settings and the running stable server, run the splitter at a 90/10 split and yield
 its URL, or the URL and the pids of every process on that path (for server CPU per request);
 torn down on exit."""
@@ -185,7 +190,7 @@ def bare_fastapi(settings: Settings, version: str, same_work: bool = False) -> I
 
 
 @contextlib.contextmanager
-def local_splitter(settings: Settings, stable: ServerHandle) -> Iterator[tuple[str, list[int]]]:
+def local_splitter(settings: Settings, stable: ServerHandle) -> Iterator[tuple[str, list[int], list[str]]]:
     """The local deploy target at 90/10, as a rollout's first step runs it: stable and a canary of
     the benchmarked version, each its own BentoML server, behind one HAProxy (weights change at
     run time, without a reload). The target starts its own servers, so the direct figure and this
@@ -198,9 +203,13 @@ def local_splitter(settings: Settings, stable: ServerHandle) -> Iterator[tuple[s
         target.deploy("canary", stable.model_version)
         target.set_canary_weight(CANARY_WEIGHT)
         # the state file is the target's documented record of its servers (a JSON file any process reads)
-        servers = json.loads(target.state_path.read_text())["variants"].values()
-        pids = [target.splitter.pid(), *(int(handle["pid"]) for handle in servers)]
-        yield target.endpoint, [pid for pid in pids if pid is not None]
+        variants = json.loads(target.state_path.read_text())["variants"]
+        pids = [target.splitter.pid(), *(int(handle["pid"]) for handle in variants.values())]
+        # the same two servers in the splitter's proportion, for the client to call directly
+        weights = {"stable": 100 - CANARY_WEIGHT, "canary": CANARY_WEIGHT}
+        gcd = math.gcd(*weights.values())
+        direct = [variants[v]["url"] for v, weight in weights.items() for _ in range(weight // gcd)]
+        yield target.endpoint, [pid for pid in pids if pid is not None], direct
     finally:
         target.stop_all()
 
@@ -216,9 +225,13 @@ def _keep_rows(rows: list[dict]) -> None:
 
 
 async def _replay_aiohttp(
-    url: str, concurrency: int, duration_s: float, by_variant: dict[str, list[float]] | None = None
+    url: str | Sequence[str],
+    concurrency: int,
+    duration_s: float,
+    by_variant: dict[str, list[float]] | None = None,
 ) -> LoadReport:
     """Post the rows to ``url``/predict from ``concurrency`` workers on kept-alive connections.
+    With several URLs the requests go to them in turn (a URL listed nine times gets nine in ten).
 
     Not driftloop.traffic.replay: its httpx client spent 0.8 ms of CPU per request here, about
     twice the bare server's, and 2.4 ms at concurrency 32 (its pool contends), so on 2 shared
@@ -231,16 +244,18 @@ async def _replay_aiohttp(
     headers = {"Content-Type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
-        endpoint = f"{url.rstrip('/')}/predict"
+        urls = [url] if isinstance(url, str) else list(url)
+        endpoints = [f"{u.rstrip('/')}/predict" for u in urls]
         started = time.perf_counter()
         deadline = started + duration_s
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
-                body = _bodies[next(counter) % len(_bodies)]
+                n = next(counter)
+                body = _bodies[n % len(_bodies)]
                 sent = time.perf_counter()
                 try:
-                    async with session.post(endpoint, data=body) as response:
+                    async with session.post(endpoints[n % len(endpoints)], data=body) as response:
                         await response.read()
                         status = response.status
                         answered = (
@@ -262,7 +277,7 @@ async def _replay_aiohttp(
     return report
 
 
-def generate_load(url: str, concurrency: int, duration_s: float) -> dict:
+def generate_load(url: str | Sequence[str], concurrency: int, duration_s: float) -> dict:
     """In the load process: replay the rows and return what came back and the client's CPU cost.
 
     A process of its own keeps the load generator's event loop away from this process's heap
@@ -308,7 +323,7 @@ def server_cpu_s(pids: Sequence[int]) -> float:
 
 def measure_http(
     target: str,
-    url: str,
+    url: str | Sequence[str],
     load: ProcessPoolExecutor,
     echo: Callable[[str], None],
     pids: Sequence[int] = (),
@@ -453,15 +468,18 @@ def run(
         same_url, same_pid = stack.enter_context(bare_fastapi(settings, version, same_work=True))
         handle = start_server(settings, variant="stable", model_ref=version, port=free_port())
         stack.callback(stop_server, handle)
-        targets: list[tuple[str, str, list[int]]] = [
+        targets: list[tuple[str, str | list[str], list[int]]] = [
             ("fastapi-bare", bare_url, [bare_pid]),
             ("fastapi-same-work", same_url, [same_pid]),
             ("bentoml", handle.url, [handle.pid]),
         ]
         if splitter is not None:
             served = stack.enter_context(splitter(settings, handle))
-            url, pids = served if isinstance(served, tuple) else (served, [])
+            url, pids, direct = (*served, [], [])[:3] if isinstance(served, tuple) else (served, [], [])
             targets.append(("bentoml-splitter", url, list(pids)))
+            if direct:
+                # the splitter's own servers, called in its proportion without it: what it adds
+                targets.append(("bentoml-direct-split", direct, list(pids[1:])))
         score = in_process_scorer(settings, version)
         for n in range(rounds):
             echo(f"[serving] round {n + 1} of {rounds}")
@@ -495,13 +513,20 @@ def bentoml_ratio(
     return by.get(("bentoml", concurrency), 0.0) / bare if bare else math.nan
 
 
-def splitter_p99_ratio(rows: list[dict], concurrency: int, variant: str | None = None) -> float:
-    """p99 through the splitter over p99 of the BentoML service directly; with ``variant``, of
-    that variant's answers through the splitter only."""
+def splitter_p99_ratio(
+    rows: list[dict], concurrency: int, variant: str | None = None, baseline: str = "bentoml"
+) -> float:
+    """p99 through the splitter over p99 of ``baseline``: the BentoML service directly, or its
+    servers called directly in the splitter's proportion ("bentoml-direct-split"); with
+    ``variant``, of that variant's answers only, on both sides when the baseline has them."""
     by = {(r["target"], r["concurrency"]): r for r in rows}
-    direct = by.get(("bentoml", concurrency), {}).get("p99_ms")
-    through = by.get(("bentoml-splitter", concurrency), {})
-    split = through.get("p99_ms") if variant is None else through.get("p99_ms_by_variant", {}).get(variant)
+
+    def p99(target: str) -> float | None:
+        row = by.get((target, concurrency), {})
+        by_variant = row.get("p99_ms_by_variant", {})
+        return row.get("p99_ms") if variant is None or variant not in by_variant else by_variant[variant]
+
+    direct, split = p99(baseline), p99("bentoml-splitter")
     return split / direct if direct and split else math.nan
 
 
@@ -532,6 +557,18 @@ def ratios_text(rows: list[dict]) -> str:
             ratios = [f"c={c} {splitter_p99_ratio(rows, c, variant):.2f}x" for c in CONCURRENCY]
             parts.append(f"{variant} answers only {', '.join(ratios)}")
         lines.append(f"of which, through the splitter: {'; '.join(parts)}")
+    same = [(c, splitter_p99_ratio(rows, c, baseline="bentoml-direct-split")) for c in CONCURRENCY]
+    if any(not math.isnan(ratio) for _c, ratio in same):
+        shown = ", ".join(f"c={c} **{ratio:.2f}x**" for c, ratio in same)
+        lines.append(f"splitter / its own two servers called directly at the same split, p99: {shown}")
+        parts = []
+        for variant in ("stable", "canary"):
+            ratios = [
+                f"c={c} {splitter_p99_ratio(rows, c, variant, 'bentoml-direct-split'):.2f}x"
+                for c in CONCURRENCY
+            ]
+            parts.append(f"{variant} {', '.join(ratios)}")
+        lines.append(f"of which, by the variant that answered: {'; '.join(parts)}")
     return "\n".join(lines)
 
 
@@ -560,7 +597,14 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-TARGET_ORDER = ["in-process", "fastapi-bare", "fastapi-same-work", "bentoml", "bentoml-splitter"]
+TARGET_ORDER = [
+    "in-process",
+    "fastapi-bare",
+    "fastapi-same-work",
+    "bentoml",
+    "bentoml-direct-split",
+    "bentoml-splitter",
+]
 
 
 if __name__ == "__main__":
