@@ -20,7 +20,7 @@ PREDICTIONS_TOTAL = "driftloop_predictions_total"  # labels: model_version, vari
 LATENCY_SECONDS = "driftloop_request_latency_seconds"  # histogram; labels: model_version, variant
 SCORE = "driftloop_score"  # histogram of scores in [0, 1]; labels: model_version, variant
 LOG_FAILURES_TOTAL = "driftloop_prediction_log_failures_total"  # writes to the lake that failed
-LOG_DROPPED_TOTAL = "driftloop_prediction_log_dropped_rows_total"  # rows lost after the buffer filled
+LOG_DROPPED_TOTAL = "driftloop_prediction_log_dropped_rows_total"  # rows lost: buffer full, or not storable
 SCORE_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))  # upper bounds < 1
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001,
