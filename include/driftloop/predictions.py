@@ -410,22 +410,13 @@ class PredictionLogWriter:
         with self._write_lock:
             columns, rows = self._take()
             if rows:
-                try:
-                    self._unwritten.append(self._to_table(columns, rows))
-                except (TypeError, ValueError, ArithmeticError) as exc:  # pyarrow's conversion errors
-                    # values the schema cannot hold will never be written: count them lost, once
-                    with self._buffer_lock:
-                        self._unwritten_rows -= rows
-                    self.failures += 1
-                    self.on_failure()
-                    self.dropped += rows
-                    self.on_dropped(rows)
-                    log.error(
-                        "prediction_log.rows_not_convertible",
-                        rows=rows,
-                        error=f"{type(exc).__name__}: {exc}"[:500],
-                        **self.context,
-                    )
+                table, refused = self._to_table(columns, rows)
+                if refused:
+                    self._refuse(refused, columns)
+                with self._buffer_lock:
+                    self._unwritten_rows -= len(refused)
+                if table.num_rows:
+                    self._unwritten.append(table)
             if not self._unwritten:
                 return True
             tables = list(self._unwritten)
@@ -449,21 +440,65 @@ class PredictionLogWriter:
             self.written += table.num_rows
             return True
 
-    def _to_table(self, columns: list[list[Any]], rows: int) -> pa.Table:
-        """The columns as an Arrow table of the log's schema, a slice at a time (see CONVERT_SLICE_ROWS)."""
+    def _to_table(self, columns: list[list[Any]], rows: int) -> tuple[pa.Table, dict[int, str]]:
+        """The columns as an Arrow table of the log's schema, a slice at a time (see CONVERT_SLICE_ROWS).
+
+        Values the schema cannot hold never fail the rest: a slice pyarrow refuses is converted
+        value by value, and the rows with a refused value are left out of the table and returned
+        (row index -> reason) so they are counted and logged, not written.
+        """
         import pyarrow as pa
 
         arrays = []
+        refused: dict[int, str] = {}
         held_since = time.perf_counter()
         for column, values in zip(self.schema, columns, strict=True):
             chunks = []
             for start in range(0, rows, CONVERT_SLICE_ROWS):
-                chunks.append(pa.array(values[start : start + CONVERT_SLICE_ROWS], type=column.type))
+                part = values[start : start + CONVERT_SLICE_ROWS]
+                try:
+                    chunks.append(pa.array(part, type=column.type))
+                except (TypeError, ValueError, ArithmeticError):  # pyarrow's conversion errors
+                    chunks.append(self._convert_each(column, part, start, refused))
                 if time.perf_counter() - held_since > YIELD_AFTER_S:
                     time.sleep(YIELD_FOR_S)
                     held_since = time.perf_counter()
             arrays.append(pa.chunked_array(chunks, type=column.type))
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        if refused:
+            keep = [i not in refused for i in range(rows)]
+            table = table.filter(pa.array(keep, type=pa.bool_()))
+        return table, refused
+
+    @staticmethod
+    def _convert_each(column: pa.Field, values: list[Any], start: int, refused: dict[int, str]) -> pa.Array:
+        """One value at a time; a refused value becomes null (its row is filtered out) and is recorded."""
+        import pyarrow as pa
+
+        kept = []
+        for offset, value in enumerate(values):
+            try:
+                pa.array([value], type=column.type)
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                refused.setdefault(start + offset, f"{column.name}: {type(exc).__name__}: {exc}"[:300])
+                value = None
+            kept.append(value)
+        return pa.array(kept, type=column.type)
+
+    def _refuse(self, refused: dict[int, str], columns: list[list[Any]]) -> None:
+        """Count rows the log's schema cannot hold as dropped and say which and why (they never will fit)."""
+        ids = columns[self._names.index("request_id")] if "request_id" in self._names else None
+        self.failures += 1
+        self.on_failure()
+        self.dropped += len(refused)
+        self.on_dropped(len(refused))
+        log.error(
+            "prediction_log.rows_not_convertible",
+            rows=len(refused),
+            request_ids=[ids[i] for i in sorted(refused)[:5]] if ids else None,
+            reasons=sorted(set(refused.values()))[:5],
+            **self.context,
+        )
 
     def _run(self) -> None:
         backoff = self.flush_seconds

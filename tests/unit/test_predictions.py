@@ -235,15 +235,39 @@ def test_rows_of_a_failed_write_go_out_with_later_rows_in_one_commit():
     assert (writer.written, writer.pending) == (5, 0)
 
 
-def test_rows_the_schema_cannot_hold_are_counted_lost_and_the_writer_goes_on():
+def test_only_the_rows_the_schema_cannot_hold_are_dropped_and_the_writer_goes_on():
     sink, failures, dropped = Sink(), [], []
     writer = _writer(sink, on_failure=lambda: failures.append(1), on_dropped=dropped.append)
-    writer.add([{"n": 1}, {"n": "not a number"}])
+    writer.add([{"n": 1}, {"n": "not a number"}, {"n": 3}])
     assert writer.flush() is True  # nothing is kept that could never be written
-    assert (writer.pending, sum(dropped), len(failures)) == (0, 2, 1)
-    writer.add([{"n": 2}])
+    assert (sink.rows, writer.pending, sum(dropped), len(failures)) == ([1, 3], 0, 1, 1)
+    writer.add([{"n": 4}])
     assert writer.flush() is True
-    assert sink.rows == [2]
+    assert sink.rows == [1, 3, 4]
+
+
+def test_a_bad_value_deep_in_a_large_flush_costs_only_its_own_row(monkeypatch):
+    monkeypatch.setattr(predictions, "CONVERT_SLICE_ROWS", 100)
+    two = pa.schema([("request_id", pa.string()), ("n", pa.int64())])
+    written: list[pa.Table] = []
+    dropped: list[int] = []
+    writer = predictions.PredictionLogWriter(
+        two,
+        written.append,
+        flush_rows=10_000,
+        flush_seconds=60,
+        buffer_limit=10_000,
+        on_dropped=dropped.append,
+    )
+    rows = [{"request_id": f"r-{i}", "n": i} for i in range(1_000)]
+    rows[737]["n"] = float("nan")  # an int64 column cannot hold it
+    rows[738]["request_id"] = object()
+    writer.add(rows)
+    assert writer.flush() is True
+    table = pa.concat_tables(written)
+    assert table.column("n").to_pylist() == [i for i in range(1_000) if i not in (737, 738)]
+    assert table.column("request_id").null_count == 0
+    assert (sum(dropped), writer.written, writer.pending) == (2, 998, 0)
 
 
 def test_rows_added_while_the_writer_flushes_are_neither_lost_nor_torn():
