@@ -246,6 +246,13 @@ class RolloutSettings(BaseModel):
         description="Canary requests before its p99 is judged (300: the p99 rests on its 3 slowest); "
         "earlier a step fails on latency only when more than 1% of this many are already too slow.",
     )
+    latency_significance: float = Field(
+        0.001,
+        gt=0,
+        lt=0.5,
+        description="Chance a window fails a canary whose p99 is exactly the limit: a step fails on "
+        "latency only on more requests over the limit than such a canary shows with this probability.",
+    )
     # measured here, noise-corrected over 20 score bins: two honest retrains 0.0-0.3 per window,
     # a model trained on shuffled labels 1.0-2.0
     max_score_psi: float = Field(

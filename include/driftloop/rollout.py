@@ -88,12 +88,21 @@ class WindowStats:
     def scored(self) -> float:
         return sum(self.score_counts)
 
-    def surely_slower_than(self, limit_ms: float) -> float:
-        """Requests certainly slower than ``limit_ms``: those above the first bucket bound at or over it."""
+    def slower_than(self, limit_ms: float) -> float:
+        """Requests slower than ``limit_ms``, interpolated within its bucket as the p99 is.
+
+        An estimate the size of the p99 estimate: the canary's p99 is over the limit exactly when
+        this is over 1 % of its requests.
+        """
+        limit_s, lower, below = limit_ms / 1000, 0.0, 0.0
         for bound, cumulative in self.latency_buckets:
-            if bound * 1000 >= limit_ms:
-                return self.requests - cumulative
-        return 0.0
+            if bound >= limit_s:
+                if math.isinf(bound):  # no finite bound above the limit: only what is surely over it
+                    return self.requests - below
+                share = (limit_s - lower) / (bound - lower) if bound > lower else 1.0
+                return self.requests - (below + (cumulative - below) * share)
+            lower, below = bound, cumulative
+        return self.requests - below
 
     def summary(self) -> dict[str, Any]:
         """What a rollout records of stable's window: enough to judge a later canary against it."""
@@ -141,6 +150,22 @@ def histogram_quantile(cumulative: Mapping[float, float], q: float) -> float | N
     if in_bucket <= 0:
         return upper
     return lower + (upper - lower) * (rank - below) / in_bucket
+
+
+P99_SHARE = 0.01  # of requests slower than a p99
+
+
+def slow_requests_to_fail(requests: float, significance: float) -> int:
+    """The fewest requests over the p99 limit that fail a step, out of ``requests``.
+
+    A canary whose true p99 is exactly the limit has 1 % of its requests over it; the count in a
+    sample is then binomial, and this is the smallest count it reaches with probability at most
+    ``significance`` (e.g. 9 of 224 at 0.001, where a 1 % share is 2.2).
+    """
+    from scipy.stats import binom
+
+    n = max(round(requests), 1)
+    return int(binom.isf(significance, n, P99_SHARE)) + 1
 
 
 def window_stats(delta: MetricsSnapshot) -> WindowStats:
@@ -198,11 +223,12 @@ def judge(
 ) -> Verdict:
     """Compare the canary's window with stable's (or with stable's last baseline at 100 %).
 
-    ``fail`` as soon as the evidence is conclusive — errors (or requests slower than the p99
-    limit) so many that even a clean rest of the window could not pass fail it before the
-    minimum traffic arrives; ``wait`` while there is too little traffic for a check; ``pass``
-    otherwise. A p99 is judged only over ``min_latency_requests``: over fewer it is one or two
-    requests, and a cold or descheduled one would decide the step.
+    ``fail`` as soon as the evidence is conclusive — errors so many that even a clean rest of
+    the window could not pass, or more requests over the p99 limit than a canary whose p99 is
+    the limit shows by chance (see :func:`slow_requests_to_fail`; judged over at least
+    ``min_latency_requests``) — even before the minimum traffic arrives; ``wait`` while there is
+    too little traffic for a check; ``pass`` otherwise. A small sample's p99 is its two or three
+    slowest requests, and a cold or descheduled one must not decide the step.
     """
     metrics: dict[str, Any] = {
         "canary_requests": canary.requests,
@@ -222,24 +248,27 @@ def judge(
     latency_pending = None
     if stable is not None and stable.p99_ms is not None and canary.p99_ms is not None:
         limit = max(stable.p99_ms * rules.max_latency_ratio, stable.p99_ms + rules.latency_slack_ms)
+        slow = canary.slower_than(limit)
+        # the canary's p99 is over the limit when more than 1 % of its requests are; a few slow
+        # requests (cold, descheduled, a GC) put a small sample's p99 there by chance, so the step
+        # fails only on more slow requests than a canary exactly at the limit shows by chance
+        enough_to_fail = slow_requests_to_fail(
+            max(canary.requests, rules.min_latency_requests), rules.latency_significance
+        )
         metrics["p99_limit_ms"] = round(limit, 3)
-        slow = canary.surely_slower_than(limit)
-        metrics["canary_slower_than_limit"] = slow
-        # more than 1% of the judged sample already over the limit: its p99 cannot come in under
-        if slow > 0.01 * max(canary.requests, rules.min_latency_requests):
+        metrics["canary_slower_than_limit"] = round(slow, 1)
+        metrics["slower_than_limit_to_fail"] = enough_to_fail
+        if slow >= enough_to_fail:
             reasons.append(
                 f"p99 latency {canary.p99_ms:.1f} ms exceeds {limit:.1f} ms (stable "
-                f"{stable.p99_ms:.1f}): {slow:.0f} of {canary.requests:.0f} canary requests slower"
+                f"{stable.p99_ms:.1f}): {slow:.0f} of {canary.requests:.0f} canary requests slower, "
+                f"{enough_to_fail} fail a step"
             )
             return Verdict("fail", tuple(reasons), metrics)
         if canary.requests < rules.min_latency_requests:
             latency_pending = (
                 f"{canary.requests:.0f} of {rules.min_latency_requests} canary requests before its p99 "
                 f"({canary.p99_ms:.1f} ms, limit {limit:.1f}) is judged"
-            )
-        elif canary.p99_ms > limit:
-            reasons.append(
-                f"p99 latency {canary.p99_ms:.1f} ms exceeds {limit:.1f} ms (stable {stable.p99_ms:.1f})"
             )
     if canary.requests < rules.min_requests:
         return Verdict(

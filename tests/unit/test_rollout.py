@@ -205,11 +205,49 @@ def test_a_p99_over_too_few_requests_waits_instead_of_failing_on_one_cold_reques
 
 
 def test_a_canary_already_too_slow_for_any_full_sample_fails_before_it():
-    # 5 of 40 over the limit: more than 1% of the 300 the p99 would be judged over
-    verdict = judge(_window(requests=40, latency_s=_latencies(35, 5)), _window(), RULES)
+    # 12 of 40 over the limit: more than a canary at the limit shows in the 300 it is judged over
+    verdict = judge(_window(requests=40, latency_s=_latencies(28, 12)), _window(), RULES)
     assert verdict.outcome == "fail"
-    assert "5 of 40 canary requests slower" in verdict.reasons[0]
+    assert "12 of 40 canary requests slower, 11 fail a step" in verdict.reasons[0]
     assert judge(_window(requests=400, latency_s=_latencies(380, 20)), _window(), RULES).outcome == "fail"
+    # 5 of 40: a bad start, or a cold one; the rest of the sample decides
+    assert judge(_window(requests=40, latency_s=_latencies(35, 5)), _window(), RULES).outcome == "wait"
+
+
+def test_two_slow_requests_in_a_small_judged_sample_do_not_roll_a_good_canary_back():
+    # what a closed-loop run saw: 224 canary requests, a few of them over the limit, so the
+    # histogram's p99 (its third slowest) is over it; a canary at the limit shows 2.2 on average
+    rules = RULES.model_copy(update={"min_latency_requests": 200})
+    canary = _window(requests=224, latency_s=_latencies(221, 3, slow_s=0.06))
+    verdict = judge(canary, _window(), rules)
+    assert canary.p99_ms > verdict.metrics["p99_limit_ms"]
+    assert verdict.outcome == "pass", verdict.reasons
+    assert verdict.metrics["slower_than_limit_to_fail"] == 9
+
+
+def test_a_canary_a_little_slower_than_the_limit_throughout_fails_on_its_interpolated_share():
+    # every request 12 ms against a ~9 ms limit: all in the 10-15 ms bucket, none surely over it
+    canary = _window(requests=400, latency_s=np.full(400, 0.012))
+    verdict = judge(canary, _window(), RULES)
+    assert verdict.outcome == "fail"
+    assert verdict.metrics["canary_slower_than_limit"] > 100
+
+
+def test_a_canary_exactly_at_the_limit_fails_about_as_often_as_the_significance_says():
+    rng = np.random.default_rng(11)
+    rules = RULES.model_copy(update={"latency_significance": 0.01})
+    failures = 0
+    for _ in range(400):
+        # 1 % of requests over the limit (stable's ~4 ms p99 + 5 ms slack): its p99 is the limit
+        slow = rng.random(300) < 0.01
+        latency = np.where(slow, 0.1, rng.uniform(0.002, 0.004, 300))
+        failures += judge(_window(requests=300, latency_s=latency), _window(), rules).outcome == "fail"
+    assert failures <= 12  # 1 % of 400 is 4 on average; twelve is far in the tail
+    doubly_slow = 0
+    for _ in range(50):  # a canary with 5 % of its requests over the limit is caught nearly always
+        latency = np.where(rng.random(300) < 0.05, 0.1, rng.uniform(0.002, 0.004, 300))
+        doubly_slow += judge(_window(requests=300, latency_s=latency), _window(), rules).outcome == "fail"
+    assert doubly_slow >= 45
 
 
 def test_a_transition_reads_as_a_line_with_its_reasons_and_none_without() -> None:
