@@ -314,6 +314,8 @@ def append_to_lake(settings: Settings) -> Callable[[pa.Table], None]:
 CONVERT_SLICE_ROWS = 1000
 YIELD_AFTER_S = 0.0005  # of conversion, then the GIL is let go
 YIELD_FOR_S = 0.0001  # long enough for the event loop's thread to take it
+# what pyarrow raises for a value its column's type cannot hold (ArrowInvalid is a ValueError)
+NOT_CONVERTIBLE = (TypeError, ValueError, ArithmeticError)
 
 
 class PredictionLogWriter:
@@ -458,7 +460,7 @@ class PredictionLogWriter:
                 part = values[start : start + CONVERT_SLICE_ROWS]
                 try:
                     chunks.append(pa.array(part, type=column.type))
-                except (TypeError, ValueError, ArithmeticError):  # pyarrow's conversion errors
+                except NOT_CONVERTIBLE:
                     chunks.append(self._convert_each(column, part, start, refused))
                 if time.perf_counter() - held_since > YIELD_AFTER_S:
                     time.sleep(YIELD_FOR_S)
@@ -479,7 +481,7 @@ class PredictionLogWriter:
         for offset, value in enumerate(values):
             try:
                 pa.array([value], type=column.type)
-            except (TypeError, ValueError, ArithmeticError) as exc:
+            except NOT_CONVERTIBLE as exc:
                 refused.setdefault(start + offset, f"{column.name}: {type(exc).__name__}: {exc}"[:300])
                 value = None
             kept.append(value)

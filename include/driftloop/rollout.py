@@ -91,8 +91,7 @@ class WindowStats:
     def slower_than(self, limit_ms: float) -> float:
         """Requests slower than ``limit_ms``, interpolated within its bucket as the p99 is.
 
-        An estimate the size of the p99 estimate: the canary's p99 is over the limit exactly when
-        this is over 1 % of its requests.
+        So the two agree: the p99 is over the limit exactly when this is over 1 % of the requests.
         """
         limit_s, lower, below = limit_ms / 1000, 0.0, 0.0
         for bound, cumulative in self.latency_buckets:
